@@ -1,0 +1,1 @@
+"""Built-in RL objectives, one small module each (installed as ``dllm_rl.algorithms``)."""

@@ -1,0 +1,237 @@
+"""The ``dllm-rl`` command line: run (train then evaluate), train, evaluate, compare, list, pretrain."""
+from __future__ import annotations
+
+import csv
+import io
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UsageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+RUN_OPTIONS = [
+    click.option("--algo", "--algorithm", "algo", default=None, help="Algorithm name (see `dllm-rl list`). Default: espo."),
+    click.option("--task", default=None, help="Task name. Default: sudoku."),
+    click.option("--model", default=None, help="Model family or alias. Default: tiny (built in)."),
+    click.option("--seed", type=int, default=None, help="Run seed (sampling noise, masks, data order)."),
+    click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe of settings."),
+    click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. optim.lr=1e-4 (repeatable)."),
+    click.option("--results-dir", default=None, help="Where the results JSON goes. Default: results/."),
+    click.option("--run-dir", default=None, help="Where checkpoints and metrics go. Default: runs/."),
+]
+
+
+def run_options(fn):
+    for opt in reversed(RUN_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+    from .pipeline import resolve_config
+
+    sets = tuple(sets) + tuple(f"output.{k}={v}" for k, v in (("results_dir", results_dir), ("run_dir", run_dir)) if v)
+    return resolve_config(algo, task, model, recipe, sets, seed)
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+def _execute(run, train: bool, final_eval: bool):
+    from .pipeline import run_pipeline
+
+    _quiet_libraries()
+    console.print(f"[bold]dllm-rl[/] {'run' if final_eval else 'train'}: model={run.model.name} task={run.task.name} "
+                  f"algorithm={run.algorithm.name} seed={run.seed} steps={run.optim.max_steps}")
+    with _progress() as progress:
+        bar = progress.add_task("RL training", total=run.optim.max_steps, visible=False)
+
+        def on_step(step, m):
+            progress.update(bar, visible=True, advance=1, description=(
+                f"RL step {step + 1}: reward {m['reward']:.3f} kl {m.get('kl', 0):.2e} "
+                f"clip {m.get('clip_frac', 0):.2f} |g| {m.get('grad_norm', 0):.2f} {m['seconds']:.1f}s/step"))
+            if not console.is_terminal and ((step + 1) % 10 == 0 or step == 0):
+                console.print(f"step {step + 1}/{run.optim.max_steps} reward {m['reward']:.3f} kl {m.get('kl', 0):.2e} "
+                              f"clip {m.get('clip_frac', 0):.2f} grad_norm {m.get('grad_norm', 0):.3f} {m['seconds']:.2f}s")
+
+        result = run_pipeline(run, progress=progress, on_step=on_step, train=train, final_eval=final_eval)
+    _print_summary(result)
+    return result
+
+
+def _print_summary(result):
+    primary = result["protocol"]["primary_metric"]
+    table = Table(title=f"{result['model']} + {result['algorithm']} on {result['task']} ({result['protocol']['split']} split)")
+    table.add_column("L")
+    table.add_column("metric")
+    table.add_column("base", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("Δ", justify="right")
+    lengths = (result["metrics"] or result["base"] or {}).keys()
+    for length in lengths:
+        row_b = (result["base"] or {}).get(length, {})
+        row_a = (result["metrics"] or {}).get(length, {})
+        for name in sorted({*row_a, *row_b}, key=lambda n: n != primary):
+            if name in ("n", "nfe") or name.endswith("_stderr"):
+                continue
+            b, a = row_b.get(name), row_a.get(name)
+            fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"
+            delta = f"{100 * (a - b):+.1f}" if a is not None and b is not None else "-"
+            table.add_row(length, name, fmt(b), fmt(a), delta)
+    console.print(table)
+    console.print(f"results: {result['_path']}  ({result['timing']['total_s']:.0f}s)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dllm-rl")
+def cli():
+    """RL post-training and evaluation of diffusion language models."""
+
+
+@cli.command()
+@run_options
+def run(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+    """Train with an RL algorithm, then evaluate; writes one results file."""
+    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir), train=True, final_eval=True)
+
+
+@cli.command()
+@run_options
+def train(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+    """Train only (checkpoint in the run folder); no test-split evaluation."""
+    run_cfg = _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir)
+    run_cfg.eval.base = False
+    _execute(run_cfg, train=True, final_eval=False)
+
+
+@cli.command()
+@click.option("--task", default=None, help="Task name. Default: sudoku.")
+@click.option("--model", default=None, help="Model family. Default: tiny.")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A trained model folder (e.g. runs/<run>/final) to evaluate instead of the base model.")
+@click.option("--split", default=None, help="Split to score. Default: test.")
+@click.option("--lengths", default=None, help="Comma-separated generation lengths. Default: the task protocol's.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+def evaluate(task, model, checkpoint, split, lengths, recipe, sets):
+    """Score a model on a task under the task's declared protocol."""
+    from .evaluation import evaluate as run_eval
+    from .pipeline import build_task, gen_length_of, load_model
+
+    _quiet_libraries()
+    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None)
+    task_obj = build_task(run_cfg)
+    with _progress() as progress:
+        adapter = load_model(run_cfg, task_obj, gen_length_of(run_cfg, task_obj, "direct"), progress)
+    if checkpoint:
+        adapter.model = type(adapter.model).from_pretrained(checkpoint).eval()
+    try:
+        lens = [int(x) for x in lengths.split(",")] if lengths else (run_cfg.eval.lengths or list(task_obj.protocol(adapter.prompt_style).lengths))
+    except ValueError:
+        raise UsageError(f"bad --lengths {lengths!r}: expected comma-separated integers such as 128,256") from None
+    split = split or run_cfg.eval.split
+    if split not in task_obj.splits:
+        raise UsageError(f"unknown split {split!r} for task {run_cfg.task.name!r}; valid: {', '.join(task_obj.splits)}")
+    res = run_eval(adapter, task_obj, split, lens, run_cfg.eval.batch_size, run_cfg.eval.max_examples)
+    table = Table(title=f"{run_cfg.model.name} on {run_cfg.task.name} ({split})")
+    table.add_column("L")
+    metric_names = [k for k in next(iter(res.values())) if k not in ("n", "nfe", "seconds") and not k.endswith("_stderr")]
+    for name in metric_names + ["n", "nfe"]:
+        table.add_column(name, justify="right")
+    for length, row in res.items():
+        table.add_row(length, *[f"{100 * row[k]:.1f}" for k in metric_names], str(row["n"]), str(row["nfe"]))
+    console.print(table)
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(), default="results")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table")
+def compare(results_dir, fmt):
+    """Leaderboard of all results files in RESULTS_DIR (paper-style table with deltas vs base)."""
+    from .results import leaderboard, load_results
+
+    header, rows = leaderboard(load_results(results_dir))
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *rows])
+        click.echo(buf.getvalue(), nl=False)
+    elif fmt == "markdown":
+        click.echo("| " + " | ".join(header) + " |")
+        click.echo("|" + "---|" * len(header))
+        for row in rows:
+            click.echo("| " + " | ".join(row) + " |")
+    else:
+        table = Table(title=f"dllm-rl results ({results_dir}); accuracy in %, mean ± std over seeds")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row, style="bold" if row[1].startswith("Δ") else None)
+        console.print(table)
+
+
+@cli.command(name="list")
+def list_plugins():
+    """Algorithms, tasks and models, with where each comes from."""
+    from . import registry
+
+    for kind in registry.KINDS:
+        table = Table(title=kind)
+        table.add_column("name")
+        table.add_column("source")
+        table.add_column("target")
+        table.add_column("description")
+        for name, e in sorted(registry.entries(kind).items()):
+            table.add_row(name, e.source, e.target, e.description)
+        console.print(table)
+
+
+@cli.command()
+@click.option("--task", default=None, help="Task whose train split the tiny model learns. Default: sudoku.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="e.g. pretrain.steps=2000")
+def pretrain(task, recipe, sets):
+    """Build (or find cached) the tiny model's base checkpoint for a task."""
+    from .models.tiny_family import base_checkpoint
+    from .pipeline import build_task, gen_length_of
+
+    _quiet_libraries()
+    run_cfg = _resolve(None, task, "tiny", None, recipe, sets, None, None)
+    task_obj = build_task(run_cfg)
+    with _progress() as progress:
+        path = base_checkpoint(run_cfg, task_obj, gen_length_of(run_cfg, task_obj, "direct"), progress)
+    console.print(f"tiny base checkpoint: {path}")
+
+
+def main(argv=None):
+    """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="dllm-rl", standalone_mode=False)
+    except UsageError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        err_console.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Typed run configuration: dataclasses with defaults, YAML recipes, ``--set key=value`` overrides.
+
+Layers, later wins: dataclass defaults (the papers' values) < registry presets for the chosen
+model/task/algorithm < recipe file < ``--set``. Every value is type-checked; errors are one line."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UsageError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    dtype: str = "float32"
+    lora: bool = False
+    lora_r: int = 128
+    lora_alpha: int = 64
+    lora_targets: list[str] | None = None
+
+
+@dataclass
+class PretrainConfig:
+    """Supervised masked-diffusion pretraining of the built-in tiny model on a task's train split."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    num_examples: int | None = None
+    """Train on only the first N train examples (a weaker base model leaves room for RL)."""
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 256
+    seed: int = 0
+
+
+@dataclass
+class RolloutConfig:
+    num_prompts: int = 16
+    """Prompts per rollout batch; each gets group_size completions."""
+    group_size: int = 6
+    gen_length: int | None = None
+    """None = the task protocol's training length."""
+    steps: int | None = None
+    """Denoising steps; None = gen_length // 2."""
+    block_length: int = 32
+    temperature: float = 0.9
+    remasking: str = "low_confidence"
+
+
+@dataclass
+class OptimConfig:
+    max_steps: int = 100
+    """Rollout batches (outer RL steps)."""
+    lr: float = 3e-6
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 0.2
+    micro_batch_size: int = 64
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the validation split every N steps (0 = never during training)."""
+    split: str = "test"
+    val_split: str = "validation"
+    lengths: list[int] | None = None
+    """None = the task protocol's lengths."""
+    batch_size: int = 128
+    max_examples: int | None = None
+    base: bool = True
+    """Also score the untrained base model under the same protocol (the delta row)."""
+
+
+@dataclass
+class OutputConfig:
+    results_dir: str = "results"
+    run_dir: str = "runs"
+    checkpoint_every: int = 0
+    save_model: bool = True
+
+
+@dataclass
+class PluginRef:
+    name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: PluginRef = field(default_factory=lambda: PluginRef("sudoku"))
+    algorithm: PluginRef = field(default_factory=lambda: PluginRef("espo"))
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+
+# -- building dataclasses from plain data ---------------------------------------------------------
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int -> float allowed), or raise UsageError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except UsageError:
+                pass
+        raise UsageError(f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise UsageError(f"{where}: expected true or false, got {value!r}")
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UsageError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial, nested) mapping, checking every value."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise UsageError(f"unknown setting {path!r}; valid: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{where or cls.__name__}: {exc}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict; ``algorithm.x`` and ``task.x`` go to the plugin's params."""
+    parts = dotted.split(".")
+    if len(parts) >= 2 and parts[0] in ("algorithm", "task") and parts[1] not in ("name", "params"):
+        parts = [parts[0], "params", *parts[1:]]
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"cannot set {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with a YAML value (``1e-4``, ``true``, ``[128, 256]``)."""
+    if "=" not in text:
+        raise UsageError(f"bad --set {text!r}: expected key=value, e.g. optim.lr=1e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if _looks_float(value):  # YAML 1.1 reads "1e-4" as a string
+        value = float(value)
+    return key.strip(), value
+
+
+def _looks_float(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return any(c in value.lower() for c in ".e")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"recipe file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"recipe file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"recipe file {str(path)!r} must be a mapping of settings")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of nested dicts (``update`` wins); dotted keys in ``update`` are expanded."""
+    out = {k: (merge({}, v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in update.items():
+        if "." in key:
+            set_path(out, key, value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,92 @@
+"""One adapter interface that hides per-family quirks (mask id, EOS, chat template, logit shift,
+padding, reference policy) from samplers, estimators and trainers."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from ..task import Prompt
+
+
+@dataclass
+class ModelAdapter:
+    """A masked diffusion LM plus what the toolkit needs to know to drive it.
+
+    ``logits`` always returns predictions aligned with positions (row k predicts token k), whatever
+    the family does internally (Dream reads position k at k-1)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    mask_id: int
+    eos_id: int
+    pad_id: int
+    stop_ids: tuple[int, ...] = ()
+    """Tokens that end the answer (EOS plus end-of-turn); decoding stops at the first one."""
+    shift_logits: bool = False
+    prompt_style: str = "direct"
+    """``direct`` (a raw model continues the prompt) or ``chat`` (chat template, instruct model)."""
+    name: str = "model"
+    lora_targets: tuple[str, ...] = ()
+    reference_model: torch.nn.Module | None = field(default=None, repr=False)
+
+    # -- forward ------------------------------------------------------------------------------
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Position-aligned logits [B, T, V] of ``model`` (default: the policy)."""
+        model = model or self.model
+        device = next(model.parameters()).device
+        attention_mask = None if attention_mask is None else attention_mask.to(device)
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask).logits
+        if self.shift_logits:  # prediction for position k is read at k-1; position 0 has none
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        return out
+
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the frozen reference policy: the LoRA base with adapters off, or a frozen copy."""
+        with self.reference():
+            return self.logits(input_ids, attention_mask, model=self.reference_model or self.model)
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Context in which ``self.model`` (or ``reference_model``) computes the reference policy."""
+        if self.reference_model is None and hasattr(self.model, "disable_adapter"):
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    def freeze_reference(self) -> None:
+        """Keep the starting weights as the reference policy (full fine-tuning without LoRA)."""
+        if self.reference_model is None and not hasattr(self.model, "disable_adapter"):
+            ref = copy.deepcopy(self.model).eval()
+            for p in ref.parameters():
+                p.requires_grad_(False)
+            self.reference_model = ref
+
+    # -- text ---------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt: plain text for direct style, the chat template for chat style."""
+        if isinstance(prompt, str):
+            return list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        ids = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def encode_completion(self, text: str, length: int) -> list[int]:
+        """A completion as exactly ``length`` ids: the text, one stop token, then EOS padding."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])[: length - 1]
+        return ids + [self.eos_id] * (length - len(ids))
+
+    def decode(self, ids: list[int] | torch.Tensor) -> str:
+        """Text of a completion up to its first stop token."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        stops = set(self.stop_ids) | {self.eos_id}
+        for i, t in enumerate(ids):
+            if t in stops:
+                ids = ids[:i]
+                break
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

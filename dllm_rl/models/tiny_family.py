@@ -1,0 +1,72 @@
+"""The ``tiny`` model family: builds the tiny dLLM and pretrains its base checkpoint on the run's
+task the first time it is needed, then caches it (keyed by everything that determines the weights)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..task import Task
+from .adapter import ModelAdapter
+from .pretrain import pretrain
+from .tiny import TinyDLM, TinyDLMConfig, build_tokenizer
+
+TINY_FORMAT = 1  # bump when the model code or the pretraining recipe changes what a checkpoint holds
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("DLLM_RL_CACHE", Path.home() / ".cache" / "dllm_rl"))
+
+
+def make_adapter(model: TinyDLM, tokenizer) -> ModelAdapter:
+    return ModelAdapter(model=model, tokenizer=tokenizer, mask_id=tokenizer.mask_token_id,
+                        eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
+                        stop_ids=(tokenizer.eos_token_id,), shift_logits=False, prompt_style="direct",
+                        name="tiny", lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+
+
+def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) -> Path:
+    """Path of the cached base checkpoint for this task and pretraining config; trains it if missing."""
+    key = json.dumps({"format": TINY_FORMAT, "task": run.task.name, "task_config": dataclasses.asdict(task.config),
+                      "pretrain": dataclasses.asdict(run.pretrain), "gen_length": gen_length}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    path = cache_root() / "tiny" / f"{run.task.name}-{digest}"
+    if (path / "config.json").is_file():
+        return path
+    p = run.pretrain
+    config = TinyDLMConfig(hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads,
+                           intermediate_size=p.intermediate_size)
+    model = TinyDLM(config)
+    model.reset_parameters(torch.Generator().manual_seed(p.seed))
+    tokenizer = build_tokenizer()
+    on_step = None
+    if progress is not None:
+        bar = progress.add_task(f"pretraining tiny base model on {run.task.name}", total=p.steps)
+        on_step = lambda step, loss: progress.update(bar, advance=1, description=f"pretraining tiny on {run.task.name} (loss {loss:.3f})")
+    pretrain(make_adapter(model, tokenizer), task, p, gen_length, on_step=on_step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pretrain.json").write_text(key)
+    try:
+        os.replace(tmp, path)  # atomic: a concurrent or interrupted run never sees a half-written checkpoint
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load(run: RunConfig, task: Task, gen_length: int, progress=None) -> ModelAdapter:
+    """The tiny model for ``run``: pretrained on the task's train split (cached)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path = base_checkpoint(run, task, gen_length, progress)
+    model = TinyDLM.from_pretrained(path).eval()
+    return make_adapter(model, PreTrainedTokenizerFast.from_pretrained(path))

@@ -1,0 +1,1 @@
+"""Shared RL pieces: rollouts, advantages, KL estimators, clipped surrogates, the algorithm contract."""

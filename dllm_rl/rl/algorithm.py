@@ -1,0 +1,48 @@
+"""The algorithm plugin contract: advantages, cached old/reference quantities, and a loss."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..models.adapter import ModelAdapter
+from .advantages import group_advantages
+from .rollout import RolloutBatch
+
+
+@dataclass
+class AlgorithmConfig:
+    """Options every algorithm has; subclasses add theirs with defaults from their paper."""
+
+    mu: int = 1
+    """Policy updates (optimizer steps) per rollout batch."""
+    baseline: str = "group_mean"
+    """Advantage baseline: group_mean or leave_one_out."""
+    scale_adv_by_std: bool = False
+
+
+class Algorithm(abc.ABC):
+    """An RL objective. The trainer calls ``advantages`` once per rollout batch, ``prepare`` once
+    (no grad: old-policy and reference quantities for all ``mu`` iterations), then ``loss`` for every
+    micro-batch of every iteration. ``loss`` returns this micro-batch's share of the full-batch loss."""
+
+    Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+
+    def __init__(self, config: AlgorithmConfig | None = None, seed: int = 0):
+        self.config = config if config is not None else self.Config()
+        self.seed = seed
+
+    def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_advantages(rewards, group_size, self.config.baseline, self.config.scale_adv_by_std)
+
+    def prepare(self, adapter: ModelAdapter, batch: RolloutBatch, micro_batch_size: int) -> dict[str, torch.Tensor]:
+        """Cached tensors with N rows first (sliced per micro-batch by the trainer). Default: none."""
+        return {}
+
+    @abc.abstractmethod
+    def loss(self, adapter: ModelAdapter, batch: RolloutBatch, cache: dict[str, torch.Tensor],
+             iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of a micro-batch (already divided by the full batch's normaliser) and its metrics
+        (means over the micro-batch rows)."""

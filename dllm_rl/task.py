@@ -1,0 +1,66 @@
+"""The task plugin contract: data for a split, a prompt, a reward, a metric and an evaluation protocol."""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+Example = dict[str, Any]
+"""One problem. Always has a string ``"id"`` that is unique within the task (it keys sampler noise)."""
+
+Prompt = str | list[dict[str, str]]
+"""``"direct"`` style: a plain string the model continues. ``"chat"`` style: chat messages."""
+
+
+@dataclass
+class EvalProtocol:
+    """How a task is evaluated, declared so that every run of every method uses the same one."""
+
+    lengths: tuple[int, ...]
+    """Generation lengths L to evaluate at; the first is also the training rollout length."""
+    primary_metric: str = "accuracy"
+    """The metric shown in leaderboards."""
+    split: str = "test"
+    shots: int = 0
+
+
+@dataclass
+class TaskConfig:
+    """Base of every task's config; subclasses add their own typed fields."""
+
+    seed: int = 0
+    """Seed of the task's data generator or of its shuffles; fixed splits do not depend on the run seed."""
+
+
+class Task(abc.ABC):
+    """A task: examples per split, prompts in a given style, reward for training, metrics for evaluation."""
+
+    Config: ClassVar[type[TaskConfig]] = TaskConfig
+    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+
+    def __init__(self, config: TaskConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @abc.abstractmethod
+    def examples(self, split: str) -> list[Example]:
+        """All examples of ``split`` in a fixed order (deterministic for the task config)."""
+
+    @abc.abstractmethod
+    def prompt(self, example: Example, style: str) -> Prompt:
+        """The prompt for ``example``: ``style`` is ``"direct"`` (bare answer) or ``"chat"`` (instruct model)."""
+
+    @abc.abstractmethod
+    def reward(self, example: Example, completion: str, style: str) -> float:
+        """Training reward of a decoded completion (special tokens already stripped)."""
+
+    @abc.abstractmethod
+    def score(self, example: Example, completion: str, style: str) -> dict[str, float]:
+        """Evaluation metrics of one completion; must contain ``protocol(style).primary_metric``."""
+
+    @abc.abstractmethod
+    def protocol(self, style: str) -> EvalProtocol:
+        """The evaluation protocol for a prompt style."""
+
+    def reference(self, example: Example, style: str) -> str:
+        """A correct completion, used to pretrain the built-in tiny model (supervised masked diffusion)."""
+        raise NotImplementedError(f"task {type(self).__name__} has no reference completions")

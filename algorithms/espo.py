@@ -10,7 +10,7 @@ import torch
 
 from dllm_rl.diffusion.likelihood import elbo_terms
 from dllm_rl.rl.algorithm import Algorithm, AlgorithmConfig
-from dllm_rl.rl.kl import kl_estimate
+from dllm_rl.rl.kl import KL_ESTIMATORS, kl_estimate
 from dllm_rl.rl.surrogate import clipped_surrogate
 
 
@@ -31,6 +31,14 @@ class ESPOConfig(AlgorithmConfig):
     kl: str = "k2"
     length_norm: str = "full"
     """Normalise the log-ratio by the generation length L (paper) or by each row's valid tokens."""
+
+    def __post_init__(self):
+        if self.length_norm not in ("full", "valid"):
+            raise ValueError(f"length_norm must be full or valid, got {self.length_norm!r}")
+        if self.kl not in KL_ESTIMATORS:
+            raise ValueError(f"kl must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl!r}")
+        if self.num_mc < 1 or self.mu < 1:
+            raise ValueError("num_mc and mu must be at least 1")
 
 
 class ESPO(Algorithm):

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .errors import UsageError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # piped output: no wrapped table cells
 err_console = Console(stderr=True)
 
 RUN_OPTIONS = [

@@ -4,6 +4,7 @@ Layers, later wins: dataclass defaults (the papers' values) < registry presets f
 model/task/algorithm < recipe file < ``--set``. Every value is type-checked; errors are one line."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -227,8 +228,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Deep merge of nested dicts (``update`` wins); dotted keys in ``update`` are expanded."""
-    out = {k: (merge({}, v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for key, value in update.items():
+    out = copy.deepcopy(base)
+    for key, value in copy.deepcopy(update).items():
         if "." in key:
             set_path(out, key, value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):

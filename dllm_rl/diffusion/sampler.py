@@ -75,6 +75,8 @@ def _transfer_counts(n_masked: int, steps: int) -> list[int]:
 def _block_steps(gen_length: int, block_length: int, steps: int) -> list[tuple[int, int, int]]:
     """(start, end, steps) of each semi-autoregressive block; steps spread as evenly as possible."""
     starts = list(range(0, gen_length, block_length))
+    if steps < len(starts):
+        raise ValueError(f"steps ({steps}) must be at least the number of blocks ({len(starts)})")
     per = _transfer_counts(steps, len(starts))
     return [(s, min(s + block_length, gen_length), max(1, n)) for s, n in zip(starts, per)]
 
@@ -98,19 +100,19 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
     step = 0
     for start, end, n_steps in _block_steps(length, cfg.block_length, cfg.num_steps):
         for n_commit in _transfer_counts(end - start, n_steps):
-            logits = logits_fn(x, attn)[:, tp:].double().cpu()  # fp64: low-precision Gumbel noise biases sampling
-            logits[..., mask_id] = float("-inf")  # never commit the mask token itself
+            raw = logits_fn(x, attn)[:, tp:].double().cpu()  # fp64: low-precision Gumbel noise biases sampling
+            raw[..., mask_id] = float("-inf")  # never commit the mask token itself
             if cfg.temperature > 0:
-                logits = _filter(logits / cfg.temperature, cfg.top_k, cfg.top_p)
+                logits = _filter(raw / cfg.temperature, cfg.top_k, cfg.top_p)
                 noise = torch.stack([torch.rand(logits.shape[1:], generator=g, dtype=torch.float64) for g in generators])
                 gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
                 chosen = (logits + gumbel).argmax(-1)
             else:
-                logits = _filter(logits, cfg.top_k, cfg.top_p)
+                logits = _filter(raw, cfg.top_k, cfg.top_p)
                 chosen = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
-            if cfg.remasking == "low_confidence":
-                conf = logp.exp()
+            if cfg.remasking == "low_confidence":  # the model's own (unfiltered) probability, as in LLaDA
+                conf = torch.softmax(raw, -1).gather(-1, chosen[..., None]).squeeze(-1)
             else:
                 conf = torch.stack([torch.rand(length, generator=g, dtype=torch.float64) for g in generators])
             still_masked = x[:, tp:] == mask_id

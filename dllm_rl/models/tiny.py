@@ -93,10 +93,13 @@ class TinyDLM(PreTrainedModel):
         self.layers = nn.ModuleList(_Block(config) for _ in range(config.num_layers))
         self.norm = nn.RMSNorm(config.hidden_size, eps=1e-6)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        head_dim = config.hidden_size // config.num_heads
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.post_init()
+
+    def _inv_freq(self, device) -> torch.Tensor:
+        # Computed on the fly, not a non-persistent buffer: transformers' from_pretrained leaves
+        # such buffers uninitialised (meta-device loading), which silently breaks positions.
+        head_dim = self.config.hidden_size // self.config.num_heads
+        return 1.0 / (self.config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -122,7 +125,7 @@ class TinyDLM(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        freqs = position_ids[:, None, :, None].float() * self.inv_freq  # [B,1,T,hd/2]
+        freqs = position_ids[:, None, :, None].float() * self._inv_freq(input_ids.device)  # [B,1,T,hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()
         keep = attention_mask.bool()

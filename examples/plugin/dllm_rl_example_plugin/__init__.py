@@ -1,0 +1,1 @@
+"""Example dllm-rl plugin package (see README: adding an algorithm or a task)."""

@@ -1,0 +1,279 @@
+"""Masked-diffusion sampler: padded batches equal rows sampled alone (greedy and stochastic, both
+remasking modes, semi-autoregressive blocks), the commit schedule, NFE, and the sampling distribution."""
+import math
+
+import pytest
+import torch
+
+from dllm_rl.diffusion.sampler import SamplerConfig, generate, left_pad
+from dllm_rl.models.tiny import TinyDLM, TinyDLMConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add overhead, and spin badly on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+PAD, MASK = 0, 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = TinyDLM(TinyDLMConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)).eval()
+    m.reset_parameters(torch.Generator().manual_seed(0))
+    with torch.no_grad():  # sharper logits than the 0.02-std init, so confidences are well separated
+        m.lm_head.weight.mul_(30)
+    return m
+
+
+@pytest.fixture(scope="module")
+def logits_fn(model):
+    def fn(input_ids, attention_mask):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return fn
+
+
+PROMPTS = [[10, 11, 12], [20, 21, 22, 23, 24, 25], [30], [40, 41, 42, 43]]
+
+
+def gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def run_alone(fn, cfg, seeds=None):
+    outs = []
+    for i, p in enumerate(PROMPTS):
+        g = None if seeds is None else gens([seeds[i]])
+        outs.append(generate(fn, [p], MASK, PAD, cfg, g))
+    return outs
+
+
+def assert_batch_equals_alone(batch, alone, check_logprobs=True):
+    for i, out in enumerate(alone):
+        assert torch.equal(batch.completions[i], out.completions[0]), i
+        assert torch.equal(batch.commit_step[i], out.commit_step[0]), i
+        if check_logprobs:
+            assert torch.allclose(batch.logprobs[i], out.logprobs[0], atol=1e-4), i
+
+
+def test_left_pad():
+    ids, mask = left_pad([[5, 6], [7], []], PAD)
+    assert ids.tolist() == [[5, 6], [PAD, 7], [PAD, PAD]]
+    assert mask.tolist() == [[1, 1], [0, 1], [0, 0]]
+
+
+@pytest.mark.parametrize("block_length", [3, 12])
+def test_greedy_low_confidence_batch_equals_rows_alone(logits_fn, block_length):
+    cfg = SamplerConfig(gen_length=12, steps=6, block_length=block_length, temperature=0.0)
+    batch = generate(logits_fn, PROMPTS, MASK, PAD, cfg)
+    assert batch.completions.shape == (4, 12)
+    assert_batch_equals_alone(batch, run_alone(logits_fn, cfg))
+    # the rows are not trivially identical (the prompt matters)
+    assert len({tuple(r) for r in batch.completions.tolist()}) > 1
+
+
+def test_greedy_random_remasking_batch_equals_rows_alone(logits_fn):
+    cfg = SamplerConfig(gen_length=12, steps=6, block_length=4, temperature=0.0, remasking="random")
+    seeds = [3, 4, 5, 6]
+    batch = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens(seeds))
+    assert_batch_equals_alone(batch, run_alone(logits_fn, cfg, seeds))
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_temperature_sampling_batch_equals_rows_alone(logits_fn, remasking):
+    cfg = SamplerConfig(gen_length=12, steps=6, block_length=4, temperature=1.0, remasking=remasking)
+    seeds = [11, 12, 13, 14]
+    batch = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens(seeds))
+    assert_batch_equals_alone(batch, run_alone(logits_fn, cfg, seeds))
+    # per-row generators: a row's output depends on its own seed only
+    other = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens([11, 99, 13, 14]))
+    assert torch.equal(other.completions[[0, 2, 3]], batch.completions[[0, 2, 3]])
+    assert not torch.equal(other.completions[1], batch.completions[1])
+
+
+def test_stochastic_sampling_is_reproducible_and_ignores_the_global_rng(logits_fn):
+    cfg = SamplerConfig(gen_length=8, steps=4, block_length=8, temperature=1.0, remasking="random")
+    torch.manual_seed(0)
+    a = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens([1, 2, 3, 4]))
+    torch.manual_seed(1)
+    b = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens([1, 2, 3, 4]))
+    assert torch.equal(a.completions, b.completions) and torch.equal(a.commit_step, b.commit_step)
+
+
+def _check_schedule(out, cfg):
+    """Every position committed exactly once, in its block's turn, with the expected counts."""
+    length = cfg.gen_length
+    commit = out.commit_step
+    assert bool((commit >= 0).all()) and bool((commit < out.nfe).all())
+    blocks = [(s, min(s + cfg.block_length, length)) for s in range(0, length, cfg.block_length)]
+    for row in commit:
+        for (s0, e0), (s1, e1) in zip(blocks, blocks[1:]):
+            assert int(row[s0:e0].max()) < int(row[s1:e1].min())  # semi-autoregressive order
+    return commit
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_commit_schedule_even_split(logits_fn, remasking):
+    cfg = SamplerConfig(gen_length=12, steps=6, block_length=4, temperature=0.0, remasking=remasking)
+    out = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens([0, 1, 2, 3]))
+    assert out.nfe == 6
+    commit = _check_schedule(out, cfg)
+    for row in commit:  # 3 blocks x 2 steps, 2 tokens per step
+        assert torch.bincount(row, minlength=6).tolist() == [2] * 6
+
+
+def test_commit_schedule_uneven_split(logits_fn):
+    # blocks (0,3), (3,6), (6,7) share 5 steps as 2, 2, 1; within a block the tokens are spread 2, 1
+    cfg = SamplerConfig(gen_length=7, steps=5, block_length=3)
+    out = generate(logits_fn, PROMPTS, MASK, PAD, cfg)
+    assert out.nfe == 5 == cfg.num_steps
+    commit = _check_schedule(out, cfg)
+    for row in commit:
+        assert torch.bincount(row, minlength=5).tolist() == [2, 1, 2, 1, 1]
+
+
+def test_default_steps_are_two_tokens_per_step():
+    assert SamplerConfig(gen_length=10).num_steps == 5
+    assert SamplerConfig(gen_length=1).num_steps == 1
+    with pytest.raises(ValueError, match="remasking"):
+        SamplerConfig(remasking="confidence")
+
+
+def test_nfe_equals_steps_in_one_block(logits_fn):
+    calls = []
+
+    def counting(ids, attn):
+        calls.append(ids.shape)
+        return logits_fn(ids, attn)
+
+    cfg = SamplerConfig(gen_length=8, steps=8, block_length=8)
+    out = generate(counting, PROMPTS, MASK, PAD, cfg)
+    assert out.nfe == 8 == len(calls)
+    _check_schedule(out, cfg)
+    for row in out.commit_step:
+        assert sorted(row.tolist()) == list(range(8))  # one token per step
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_mask_token_is_never_output(logits_fn, temperature):
+    def loves_mask(ids, attn):
+        logits = logits_fn(ids, attn).clone()
+        logits[..., MASK] += 50.0  # the model's favourite token is the mask itself
+        return logits
+
+    cfg = SamplerConfig(gen_length=8, steps=4, block_length=4, temperature=temperature)
+    out = generate(loves_mask, PROMPTS, MASK, PAD, cfg, gens([0, 1, 2, 3]))
+    assert not bool((out.completions == MASK).any())
+    assert torch.isfinite(out.logprobs).all()
+
+
+def test_stochastic_sampling_requires_one_generator_per_row(logits_fn):
+    with pytest.raises(ValueError, match="generator"):
+        generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(gen_length=4, temperature=0.7))
+    with pytest.raises(ValueError, match="generator"):
+        generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(gen_length=4, remasking="random"))
+    with pytest.raises(ValueError, match="generator"):
+        generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(gen_length=4, temperature=0.7), gens([0, 1]))
+
+
+def test_top_k_1_with_temperature_is_greedy(logits_fn):
+    # one position per block: the commit order is forced, so only the token choice can differ
+    greedy = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(gen_length=6, steps=6, block_length=1))
+    sampled = generate(logits_fn, PROMPTS, MASK, PAD,
+                       SamplerConfig(gen_length=6, steps=6, block_length=1, temperature=1.5, top_k=1), gens([5, 6, 7, 8]))
+    assert torch.equal(sampled.completions, greedy.completions)
+    assert torch.allclose(sampled.logprobs, torch.zeros_like(sampled.logprobs))  # a point mass
+    plain = generate(logits_fn, PROMPTS, MASK, PAD,
+                     SamplerConfig(gen_length=6, steps=6, block_length=1, temperature=1.5), gens([5, 6, 7, 8]))
+    assert not torch.equal(plain.completions, greedy.completions)  # without top_k it does sample
+
+
+def test_greedy_logprobs_are_the_models_log_softmax(logits_fn):
+    """One step, one block: every token is committed at step 0 from the all-mask input."""
+    cfg = SamplerConfig(gen_length=5, steps=1, block_length=5)
+    out = generate(logits_fn, PROMPTS, MASK, PAD, cfg)
+    ids, attn = left_pad(PROMPTS, PAD)
+    tp = ids.shape[1]
+    x = torch.cat([ids, torch.full((4, 5), MASK)], 1)
+    logits = logits_fn(x, torch.cat([attn, torch.ones(4, 5, dtype=torch.long)], 1))[:, tp:].double()
+    logits[..., MASK] = -math.inf
+    assert torch.equal(out.completions, logits.argmax(-1))
+    want = torch.log_softmax(logits, -1).max(-1).values.float()
+    assert torch.allclose(out.logprobs, want, atol=1e-5)
+
+
+# -- the sampling distribution (a context-free toy model, one token, many rows) --------------------
+
+TOY_LOGITS = torch.tensor([0.0, 5.0, 1.0, 0.5, -0.5, 2.0])  # index 1 is the mask token
+
+
+def toy_fn(ids, attn):
+    return TOY_LOGITS.expand(ids.shape[0], ids.shape[1], -1).clone()
+
+
+def _frequencies(cfg, n=3000):
+    out = generate(toy_fn, [[3]] * n, MASK, PAD, cfg, gens(range(n)))
+    return torch.bincount(out.completions[:, 0], minlength=6).double() / n, out
+
+
+def test_temperature_sampling_follows_the_tempered_softmax():
+    cfg = SamplerConfig(gen_length=1, steps=1, block_length=1, temperature=2.0)
+    freq, out = _frequencies(cfg)
+    logits = TOY_LOGITS.double().clone()
+    logits[MASK] = -math.inf
+    probs = torch.softmax(logits / 2.0, -1)
+    assert freq[MASK] == 0
+    assert torch.all((freq - probs).abs() < 4 * (probs * (1 - probs) / 3000).sqrt() + 1e-9), (freq, probs)
+    # the recorded log-prob is that of the sampling distribution
+    assert torch.allclose(out.logprobs[:, 0].double(), probs.log()[out.completions[:, 0]], atol=1e-5)
+
+
+def test_top_p_keeps_the_smallest_nucleus_and_renormalises():
+    # probabilities without the mask token: 5.0 -> excluded; tokens 5 (2.0), 2 (1.0), 3 (0.5), 0, 4
+    logits = TOY_LOGITS.double().clone()
+    logits[MASK] = -math.inf
+    probs = torch.softmax(logits, -1)
+    order = probs.argsort(descending=True)
+    top2 = float(probs[order[:2]].sum())  # p(5) + p(2), under 0.8 for these logits
+    assert float(probs[order[0]]) < top2 < 0.8 < float(probs[order[:3]].sum())
+    cfg = SamplerConfig(gen_length=1, steps=1, block_length=1, temperature=1.0, top_p=0.8)
+    freq, out = _frequencies(cfg)
+    kept = order[:3]
+    assert float(freq[kept].sum()) == 1.0
+    renorm = probs[kept] / probs[kept].sum()
+    assert torch.all((freq[kept] - renorm).abs() < 4 * (renorm * (1 - renorm) / 3000).sqrt()), (freq, renorm)
+    assert torch.allclose(out.logprobs[:, 0].double().exp().unique().sort().values, renorm.sort().values, atol=1e-5)
+
+
+def test_low_confidence_remasking_commits_the_most_confident_positions_first():
+    """Position k of the completion predicts token 3 with a confidence that grows with k, whatever
+    the input: one token per step must then be committed from the last position to the first."""
+    gen_length = 5
+
+    def fn(ids, attn):
+        logits = torch.zeros(ids.shape[0], ids.shape[1], 6)
+        tp = ids.shape[1] - gen_length
+        logits[:, tp:, 3] = 1.0 + torch.arange(gen_length, dtype=torch.float32)
+        return logits
+
+    out = generate(fn, [[4, 5], [5]], MASK, PAD, SamplerConfig(gen_length=gen_length, steps=gen_length, block_length=gen_length))
+    assert out.commit_step.tolist() == [[4, 3, 2, 1, 0]] * 2
+    assert bool((out.completions == 3).all())
+    # two per step, in blocks of 4 + 1: the most confident pair of each block goes first
+    out = generate(fn, [[4, 5]], MASK, PAD, SamplerConfig(gen_length=gen_length, steps=3, block_length=4))
+    assert out.commit_step.tolist() == [[1, 1, 0, 0, 2]]
+
+
+def test_top_k_does_not_change_the_low_confidence_order(logits_fn):
+    """Filtering the sampling distribution (here top_k=1, i.e. greedy) must not change which
+    positions low-confidence remasking commits first: the confidence is the model's, as in LLaDA.
+    (With the confidence read from the filtered distribution every position has confidence 1 and
+    the order falls back to arbitrary tie-breaking.)"""
+    cfg = dict(gen_length=8, steps=4, block_length=4)
+    greedy = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**cfg))
+    top1 = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**cfg, temperature=0.8, top_k=1), gens([1, 2, 3, 4]))
+    assert torch.equal(top1.commit_step, greedy.commit_step)
+    assert torch.equal(top1.completions, greedy.completions)

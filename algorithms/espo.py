@@ -24,6 +24,10 @@ class ESPOConfig(AlgorithmConfig):
     """Monte-Carlo mask draws M per ELBO estimate."""
     coupled: bool = True
     stratified: bool = True
+    group_masks: bool = False
+    """Draw the same masks for all G completions of a prompt (common random numbers across the group):
+    advantages sum to zero within a group, so ELBO noise the completions share cancels in the gradient.
+    Each row's estimator stays unbiased. Off = the paper (masks shared across policies only)."""
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 1e-3
@@ -49,7 +53,8 @@ class ESPO(Algorithm):
         """Sequence ELBO [B] with masks keyed by (seed, rollout step, iteration): shared by theta, old, ref."""
         c = self.config
         key = (self.seed, "espo-elbo", batch.step, iteration)
-        return elbo_terms(logits_fn, batch.sequences(), mask_id, key, num_samples=c.num_mc,
+        seqs = batch.sequences(by_group=c.group_masks)
+        return elbo_terms(logits_fn, seqs, mask_id, key, num_samples=c.num_mc,
                           coupled=c.coupled, stratified=c.stratified).sum(-1)
 
     def _norm(self, batch) -> torch.Tensor:

@@ -85,8 +85,8 @@ class Trainer:
         n = len(examples)
         batch = RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=out.completions,
                              valid_mask=valid, rewards=rewards, advantages=self.algorithm.advantages(rewards, g),
-                             rows=torch.arange(n), commit_step=out.commit_step, sample_logprobs=out.logprobs,
-                             step=step, num_rows=n, total_valid_tokens=int(valid.sum()))
+                             rows=torch.arange(n), groups=torch.arange(n) // g, commit_step=out.commit_step, sample_logprobs=out.logprobs,
+                             step=step, num_rows=n, num_groups=n // g, total_valid_tokens=int(valid.sum()))
         self.state.rollout_nfe = out.nfe
         return batch, texts
 

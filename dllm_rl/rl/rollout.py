@@ -19,17 +19,22 @@ class RolloutBatch:
     rewards: torch.Tensor  # [N]
     advantages: torch.Tensor  # [N]
     rows: torch.Tensor  # [N] index of each row in the full rollout batch
+    groups: torch.Tensor  # [N] index of each row's prompt group
     commit_step: torch.Tensor  # [N, L] sampler step that committed each token
     sample_logprobs: torch.Tensor  # [N, L] log-prob of each token under the sampling distribution
     step: int  # rollout (optimizer outer) step, keys the masks
     num_rows: int  # rows in the full rollout batch
+    num_groups: int  # prompt groups in the full rollout batch
     total_valid_tokens: int  # valid tokens in the full rollout batch (token-level normalisers)
 
     @property
     def gen_length(self) -> int:
         return self.completion_ids.shape[1]
 
-    def sequences(self) -> Sequences:
+    def sequences(self, by_group: bool = False) -> Sequences:
+        """The rows as estimator input; ``by_group`` keys masks by prompt group instead of by row."""
+        if by_group:
+            return Sequences(self.prompt_ids, self.prompt_mask, self.completion_ids, self.groups, self.num_groups)
         return Sequences(self.prompt_ids, self.prompt_mask, self.completion_ids, self.rows, self.num_rows)
 
     def select(self, idx: torch.Tensor) -> "RolloutBatch":

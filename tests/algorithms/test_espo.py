@@ -66,9 +66,9 @@ def make_batch(advantages):
     completion = torch.tensor([[3, 5, EOS], [6, EOS, EOS], [7, 8, 4], [4, EOS, EOS]])
     valid = valid_token_mask(completion, (EOS,))
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion, valid_mask=valid,
-                        rewards=REWARDS, advantages=advantages, rows=torch.arange(4),
+                        rewards=REWARDS, advantages=advantages, rows=torch.arange(4), groups=torch.arange(4) // 2,
                         commit_step=torch.zeros(4, L, dtype=torch.long), sample_logprobs=torch.zeros(4, L),
-                        step=STEP, num_rows=4, total_valid_tokens=int(valid.sum()))
+                        step=STEP, num_rows=4, num_groups=2, total_valid_tokens=int(valid.sum()))
 
 
 def hand_elbo(logits_fn, batch, iteration, num_mc=2):
@@ -254,3 +254,28 @@ def test_kl_estimator_option(setup):
     adv = batch.advantages
     pg = -torch.minimum(rho * adv, rho.clamp(0.8, 1.2) * adv)
     assert loss.item() == pytest.approx(float(pg.mean() + 0.1 * k3.mean()), abs=1e-5)
+
+
+def test_group_masks_share_masks_within_a_group_only(setup):
+    """With group_masks the G completions of a prompt see the same masked positions (rows 0,1 and
+    rows 2,3 here); without it, rows of a group get their own masks."""
+    adapter, batch = make_adapter(), make_batch(torch.tensor([1.0, -1.0, -0.5, 0.5]))
+    seen = []
+    model = adapter.model
+
+    class Recorder(nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            seen.append(input_ids[:, -L:] == MASK)
+            return model(input_ids, attention_mask)
+
+    adapter.model = Recorder()
+    adapter.model.register_module("inner", model)
+    for shared in (True, False):
+        seen.clear()
+        algo = ESPO(ESPOConfig(group_masks=shared, beta=0.0, num_mc=4), seed=SEED)
+        algo.loss(adapter, batch, {}, 0)
+        masks = torch.cat(seen)  # [num_mc * 2 copies * 4 rows, L]
+        per_row = masks.view(-1, 4, L)
+        same_in_group = bool((per_row[:, 0] == per_row[:, 1]).all() and (per_row[:, 2] == per_row[:, 3]).all())
+        assert same_in_group == shared
+        assert not (per_row[:, 0] == per_row[:, 2]).all()  # different groups still differ

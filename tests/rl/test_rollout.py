@@ -31,8 +31,8 @@ def make_batch(n=5, length=4):
     return RolloutBatch(
         prompt_ids=torch.arange(n * 3).view(n, 3), prompt_mask=torch.ones(n, 3, dtype=torch.long),
         completion_ids=comp, valid_mask=valid_token_mask(comp, (EOS,)), rewards=torch.arange(n).float(),
-        advantages=torch.arange(n).float() - 2, rows=torch.arange(n), commit_step=torch.zeros(n, length, dtype=torch.long),
-        sample_logprobs=-torch.rand(n, length, generator=g), step=7, num_rows=n, total_valid_tokens=n * length)
+        advantages=torch.arange(n).float() - 2, rows=torch.arange(n), groups=torch.arange(n) // 1, commit_step=torch.zeros(n, length, dtype=torch.long),
+        sample_logprobs=-torch.rand(n, length, generator=g), step=7, num_rows=n, num_groups=n, total_valid_tokens=n * length)
 
 
 def test_select_slices_every_tensor_and_keeps_the_constants():

@@ -1,0 +1,98 @@
+"""The command line end to end on tiny budgets: bad input, reproducibility, results and compare."""
+import json
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from dllm_rl.cli import cli, main
+from dllm_rl.results import TIMING_KEYS
+
+TINY = ["--set", "pretrain.steps=30", "--set", "optim.max_steps=2", "--set", "rollout.num_prompts=4",
+        "--set", "rollout.group_size=2", "--set", "eval.max_examples=12", "--set", "algorithm.mu=2"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path_factory.getbasetemp() / "dllm_rl_cache"))
+
+
+def run_main(args, capsys):
+    """Call the real entry point (its exit-code and error handling included)."""
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--algo", "espoo"], "Did you mean 'espo'"),
+    (["run", "--task", "sudok"], "Did you mean 'sudoku'"),
+    (["run", "--model", "llama-9000"], "unknown model"),
+    (["run", "--set", "optim.lr=fast"], "optim.lr: expected float"),
+    (["run", "--set", "optim.lrr=1"], "unknown setting 'optim.lrr'"),
+    (["run", "--set", "nonsense"], "expected key=value"),
+    (["run", "--set", "algorithm.kl=k9"], "kl must be one of k1, k2, k3"),
+    (["run", "--set", "task.min_blanks=-3"], "task"),
+    (["run", "--recipe", "/nonexistent/recipe.yaml"], "does not exist"),
+    (["compare", "/nonexistent/results"], "does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
+    code, _, err = run_main(args, capsys)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unwritable_output_dir_is_one_line_and_exit_2(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    if os.access(locked, os.W_OK):  # running as root: permissions do not bind, use a file as the folder
+        locked = tmp_path / "a-file"
+        locked.write_text("")
+    code, _, err = run_main(["run", "--results-dir", str(locked / "results"), *TINY], capsys)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1
+
+
+def _without_timing(result):
+    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
+
+
+def test_same_seed_same_results_file_and_compare(tmp_path, capsys):
+    outputs = []
+    for _ in range(2):  # the same command twice, into the same folders
+        code, out, err = run_main(["run", "--results-dir", str(tmp_path / "a"), "--run-dir", str(tmp_path / "runs-a"), *TINY], capsys)
+        assert code == 0, err
+        outputs.append(json.loads((tmp_path / "a" / "tiny__sudoku__espo__seed0.json").read_text()))
+    a, b = outputs
+    assert _without_timing(a) == _without_timing(b)  # bit-for-bit on CPU (wall-clock aside)
+    assert a["training"]["steps"] == 2 and len(a["training"]["curve"]) == 2
+    assert set(a["metrics"]["24"]) >= {"accuracy", "cell_accuracy", "n", "nfe"} and a["metrics"]["24"]["n"] == 12
+    assert a["metrics"]["24"]["nfe"] == 12  # L/2 steps
+    assert (tmp_path / "runs-a" / "tiny__sudoku__espo__seed0" / "final" / "config.json").is_file()
+    lines = (tmp_path / "runs-a" / "tiny__sudoku__espo__seed0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1]
+
+    code, out, _ = run_main(["compare", str(tmp_path / "a"), "--format", "csv"], capsys)
+    assert code == 0
+    rows = [line.split(",") for line in out.strip().splitlines()]
+    assert rows[0][:3] == ["model", "algorithm", "sudoku L=24"]
+    base, after, delta = rows[1], rows[2], rows[3]
+    assert base[1] == "(base)" and after[1] == "espo" and delta[1].startswith("Δ")
+    expected = 100 * (a["metrics"]["24"]["accuracy"] - a["base"]["24"]["accuracy"])
+    assert float(delta[2]) == pytest.approx(expected, abs=0.051)
+
+
+def test_other_seed_changes_the_run(tmp_path, capsys):
+    run_main(["run", "--seed", "1", "--results-dir", str(tmp_path), "--run-dir", str(tmp_path / "runs"), *TINY], capsys)
+    result = json.loads((tmp_path / "tiny__sudoku__espo__seed1.json").read_text())
+    assert result["seed"] == 1 and result["config"]["seed"] == 1
+
+
+def test_list_names_sources():
+    out = CliRunner().invoke(cli, ["list"])
+    assert out.exit_code == 0
+    assert "espo" in out.output and "sudoku" in out.output and "countdown" in out.output and "built-in" in out.output

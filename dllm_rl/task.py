@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -64,3 +67,28 @@ class Task(abc.ABC):
     def reference(self, example: Example, style: str) -> str:
         """A correct completion, used to pretrain the built-in tiny model (supervised masked diffusion)."""
         raise NotImplementedError(f"task {type(self).__name__} has no reference completions")
+
+
+STYLES = ("direct", "chat")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)  # DOTALL: d1's regex missed multi-line answers
+
+
+def check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"unknown prompt style {style!r}; valid styles: {', '.join(STYLES)}")
+
+
+def extract_answer(completion: str, style: str) -> str | None:
+    """The answer text: the whole completion (direct style) or the last ``<answer>`` block (chat)."""
+    check_style(style)
+    if style == "direct":
+        return completion
+    matches = _ANSWER_TAG.findall(completion)
+    return matches[-1] if matches else None
+
+
+def keyed_random(*key: object) -> random.Random:
+    """A ``random.Random`` seeded from a key (stable across processes, unlike ``hash``): data generators
+    derive one per split/item so that each example depends only on its own key."""
+    digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))

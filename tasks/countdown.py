@@ -6,19 +6,16 @@ calls Python ``eval()`` on model output, which this module never does.
 from __future__ import annotations
 
 import ast
-import hashlib
 import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig
+from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, check_style, extract_answer, keyed_random
 
-STYLES = ("direct", "chat")
 MAX_EXPRESSION_CHARS = 100
 MAX_LITERAL_DIGITS = 6
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/()\s]*")
 _TRAILING_RESULT = re.compile(r"=\s*-?[0-9]+(?:\.[0-9]+)?\s*$")
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
@@ -102,10 +99,6 @@ def numbers_used(text: str) -> list[int]:
     return literals
 
 
-def _rng(*key: object) -> random.Random:
-    """A generator seeded from a stable hash of ``key`` (Python's ``hash`` is salted per process)."""
-    digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tuple[Fraction, str, int]:
@@ -123,10 +116,6 @@ def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tupl
         right = f"({right})"
     return _apply(op, left_value, right_value), f"{left}{op}{right}", prec
 
-
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ValueError(f"unknown prompt style {style!r}; valid styles: {', '.join(STYLES)}")
 
 
 class Countdown(Task):
@@ -155,7 +144,7 @@ class Countdown(Task):
         """``<split>_size`` problems whose keys (sorted numbers, target) are not yet used by an earlier split."""
         cfg = self.config
         size = getattr(cfg, f"{split}_size")
-        rng = _rng(cfg.seed, split)
+        rng = keyed_random(cfg.seed, split)
         out: list[Example] = []
         for _ in range(1000 * size + 10_000):
             if len(out) == size:
@@ -179,7 +168,7 @@ class Countdown(Task):
         return out
 
     def prompt(self, example: Example, style: str) -> Prompt:
-        _check_style(style)
+        check_style(style)
         numbers, target = example["numbers"], example["target"]
         if style == "direct":
             return f"{' '.join(map(str, numbers))}>{target}="
@@ -194,17 +183,10 @@ class Countdown(Task):
 
     def answer(self, completion: str, style: str) -> str | None:
         """The expression: last ``<answer>`` block (chat) or whole completion (direct), minus a trailing "= n"."""
-        _check_style(style)
-        if style == "direct":
-            text = completion.strip()
-            if not text:
-                return None
-        else:
-            matches = _ANSWER.findall(completion)
-            if not matches:
-                return None
-            text = matches[-1].strip()
-        return _TRAILING_RESULT.sub("", text).strip()
+        text = extract_answer(completion, style)
+        if text is None or (style == "direct" and not text.strip()):
+            return None
+        return _TRAILING_RESULT.sub("", text.strip()).strip()
 
     def reward(self, example: Example, completion: str, style: str) -> float:
         """d1's reward: 0.0 without an answer, 1.0 if it uses exactly the numbers and hits the target, else 0.1."""
@@ -224,12 +206,12 @@ class Countdown(Task):
         return {"accuracy": float(self.reward(example, completion, style) == 1.0)}
 
     def protocol(self, style: str) -> EvalProtocol:
-        _check_style(style)
+        check_style(style)
         lengths = (16,) if style == "direct" else (256, 128, 512)
         return EvalProtocol(lengths=lengths, primary_metric="accuracy")
 
     def reference(self, example: Example, style: str) -> str:
-        _check_style(style)
+        check_style(style)
         solution = example["solution"]
         if style == "direct":
             return solution

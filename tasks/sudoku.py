@@ -6,21 +6,18 @@ to exactly one split. The reward is d1's: the fraction of originally empty cells
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import random
 import re
 from dataclasses import dataclass
 
-from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig
+from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, check_style, extract_answer, keyed_random
 
 SIZE = 4
 CELLS = SIZE * SIZE
 DIGITS = "1234"
-STYLES = ("direct", "chat")
 NUM_GRIDS = 288
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 @dataclass
@@ -103,10 +100,6 @@ def count_solutions(puzzle: str) -> int:
     return _consistent(_givens(puzzle)).bit_count()
 
 
-def _rng(*key: object) -> random.Random:
-    """A generator seeded from a stable hash of ``key`` (Python's ``hash`` is salted per process)."""
-    digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
 
 
 def make_puzzle(solution: str, rng: random.Random, min_blanks: int, max_blanks: int) -> str:
@@ -132,10 +125,6 @@ def parse_grid(answer: str | None) -> str | None:
     return None if answer is None else "".join(re.findall(r"[0-9]", answer))[:CELLS]
 
 
-def _check_style(style: str) -> None:
-    if style not in STYLES:
-        raise ValueError(f"unknown prompt style {style!r}; valid styles: {', '.join(STYLES)}")
-
 
 class Sudoku(Task):
     """4x4 Sudoku with a solution-disjoint train/validation/test split."""
@@ -150,7 +139,7 @@ class Sudoku(Task):
     def split_grids(self) -> dict[str, list[int]]:
         """Indices into ``all_grids()`` of each split's solution grids; depends only on the seed and sizes."""
         order = list(range(NUM_GRIDS))
-        _rng(self.config.seed, "split").shuffle(order)
+        keyed_random(self.config.seed, "split").shuffle(order)
         n_test, n_val = self.config.test_grids, self.config.validation_grids
         return {
             "test": sorted(order[:n_test]),
@@ -174,7 +163,7 @@ class Sudoku(Task):
         out: list[Example] = []
         for p in range(per_grid):
             for g in split_grids:
-                rng = _rng(cfg.seed, split, g, p)
+                rng = keyed_random(cfg.seed, split, g, p)
                 puzzle = make_puzzle(grids[g], rng, cfg.min_blanks, cfg.max_blanks)
                 if puzzle not in seen:
                     seen.add(puzzle)
@@ -182,7 +171,7 @@ class Sudoku(Task):
         return out
 
     def prompt(self, example: Example, style: str) -> Prompt:
-        _check_style(style)
+        check_style(style)
         puzzle = example["puzzle"]
         if style == "direct":
             return puzzle + "="
@@ -204,11 +193,7 @@ class Sudoku(Task):
 
     def answer(self, completion: str, style: str) -> str | None:
         """The answer text: the last ``<answer>`` block (chat) or the whole completion (direct)."""
-        _check_style(style)
-        if style == "direct":
-            return completion
-        matches = _ANSWER.findall(completion)
-        return matches[-1] if matches else None
+        return extract_answer(completion, style)
 
     def reward(self, example: Example, completion: str, style: str) -> float:
         """Fraction of originally empty cells filled with the right digit; 0.0 without an answer."""
@@ -230,12 +215,12 @@ class Sudoku(Task):
         }
 
     def protocol(self, style: str) -> EvalProtocol:
-        _check_style(style)
+        check_style(style)
         lengths = (24,) if style == "direct" else (256, 128, 512)
         return EvalProtocol(lengths=lengths, primary_metric="accuracy")
 
     def reference(self, example: Example, style: str) -> str:
-        _check_style(style)
+        check_style(style)
         solution = example["solution"]
         if style == "direct":
             return solution

@@ -17,13 +17,6 @@ from dllm_rl.models.adapter import ModelAdapter
 from dllm_rl.rl.rollout import RolloutBatch, valid_token_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and spin badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 PAD, MASK, EOS, VOCAB, L = 0, 1, 2, 9, 3
 SEED, STEP = 7, 3

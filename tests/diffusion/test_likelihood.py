@@ -11,13 +11,6 @@ from dllm_rl.diffusion.likelihood import Sequences, elbo_terms, mean_field_logpr
 from dllm_rl.diffusion.masking import prompt_masks, sample_masks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and spin badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 PAD, MASK, VOCAB, MAX_T = 0, 1, 7, 16
 

@@ -9,13 +9,6 @@ import torch
 from dllm_rl.diffusion.masking import key_seed, keyed_generator, mask_counts, prompt_masks, sample_masks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and spin badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _chi2(counts: torch.Tensor) -> float:

@@ -9,13 +9,6 @@ from dllm_rl.diffusion.sampler import SamplerConfig, generate, left_pad
 from dllm_rl.models.tiny import TinyDLM, TinyDLMConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and spin badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 PAD, MASK = 0, 1
 

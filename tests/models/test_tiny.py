@@ -5,13 +5,6 @@ import torch
 from dllm_rl.models.tiny import SPECIAL_TOKENS, TinyDLM, TinyDLMConfig, build_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add overhead, and spin badly on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 SMALL = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

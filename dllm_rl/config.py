@@ -19,12 +19,9 @@ from .errors import UsageError
 
 @dataclass
 class ModelConfig:
+    """Which model family or checkpoint to load (LoRA and dtype options arrive with the real families)."""
+
     name: str = "tiny"
-    dtype: str = "float32"
-    lora: bool = False
-    lora_r: int = 128
-    lora_alpha: int = 64
-    lora_targets: list[str] | None = None
 
 
 @dataclass

@@ -132,13 +132,13 @@ def train(algo, task, model, seed, recipe, sets, results_dir, run_dir):
 def evaluate(task, model, checkpoint, split, lengths, recipe, sets):
     """Score a model on a task under the task's declared protocol."""
     from .evaluation import evaluate as run_eval
-    from .pipeline import build_task, gen_length_of, load_model
+    from .pipeline import build_task, load_model
 
     _quiet_libraries()
     run_cfg = _resolve(None, task, model, None, recipe, sets, None, None)
     task_obj = build_task(run_cfg)
     with _progress() as progress:
-        adapter = load_model(run_cfg, task_obj, gen_length_of(run_cfg, task_obj, "direct"), progress)
+        adapter = load_model(run_cfg, task_obj, progress)
     if checkpoint:
         adapter.model = type(adapter.model).from_pretrained(checkpoint).eval()
     try:

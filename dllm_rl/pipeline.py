@@ -70,9 +70,10 @@ def build_algorithm(run: RunConfig) -> Algorithm:
     return cls(_plugin_config(cls, run.algorithm.params, "algorithm"), seed=run.seed)
 
 
-def load_model(run: RunConfig, task: Task, gen_length: int, progress=None) -> ModelAdapter:
+def load_model(run: RunConfig, task: Task, progress=None) -> ModelAdapter:
+    """The model family's ``load(run, task, progress) -> ModelAdapter``."""
     loader = registry.get("models", run.model.name).load()
-    return loader(run, task, gen_length, progress)
+    return loader(run, task, progress)
 
 
 def gen_length_of(run: RunConfig, task: Task, style: str) -> int:
@@ -109,8 +110,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     task, algorithm = build_task(run), build_algorithm(run)
     timing: dict[str, Any] = {}
     t0 = time.perf_counter()
-    probe_style = "direct" if run.model.name == "tiny" else "chat"
-    adapter = load_model(run, task, gen_length_of(run, task, probe_style), progress)
+    adapter = load_model(run, task, progress)
     style = adapter.prompt_style
     gen_length = gen_length_of(run, task, style)
     protocol = task.protocol(style)

@@ -63,10 +63,12 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
     return path
 
 
-def load(run: RunConfig, task: Task, gen_length: int, progress=None) -> ModelAdapter:
-    """The tiny model for ``run``: pretrained on the task's train split (cached)."""
+def load(run: RunConfig, task: Task, progress=None) -> ModelAdapter:
+    """The tiny model for ``run``: pretrained on the task's train split (cached) at the rollout length."""
     from transformers import PreTrainedTokenizerFast
 
-    path = base_checkpoint(run, task, gen_length, progress)
+    from ..pipeline import gen_length_of
+
+    path = base_checkpoint(run, task, gen_length_of(run, task, "direct"), progress)
     model = TinyDLM.from_pretrained(path).eval()
     return make_adapter(model, PreTrainedTokenizerFast.from_pretrained(path))

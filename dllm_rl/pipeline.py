@@ -16,7 +16,7 @@ from .config import RunConfig, from_dict, load_yaml, merge, parse_override, set_
 from .errors import UsageError
 from .evaluation import evaluate
 from .models.adapter import ModelAdapter
-from .results import SCHEMA, result_filename, write_result
+from .results import SCHEMA, result_filename, without_seconds, write_result
 from .rl.algorithm import Algorithm
 from .task import Task
 
@@ -137,7 +137,6 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         metrics = evaluate(adapter, task, e.split, lengths, e.batch_size, e.max_examples, run.rollout.block_length)
         timing["eval_s"] = round(time.perf_counter() - t, 2)
     timing["total_s"] = round(time.perf_counter() - t0, 2)
-    strip = lambda m: None if m is None else {k: {n: v for n, v in row.items() if n != "seconds"} for k, row in m.items()}
     timing["eval_seconds"] = {k: round(row["seconds"], 2) for k, row in (metrics or {}).items()}
     r = run.rollout
     result = {
@@ -149,8 +148,8 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         "versions": versions(),
         "protocol": {"split": e.split, "lengths": lengths, "primary_metric": protocol.primary_metric, "style": style,
                      "decoding": f"greedy, low-confidence remasking, blocks of {r.block_length}, L/2 steps"},
-        "base": strip(base),
-        "metrics": strip(metrics),
+        "base": without_seconds(base),
+        "metrics": without_seconds(metrics),
         "training": None if state is None else {
             "steps": state.step, "rollouts_per_step": r.num_prompts * r.group_size, "gen_length": gen_length,
             "rollout_nfe_per_sample": state.rollout_nfe, "curve": state.curve, "validation": state.validation},

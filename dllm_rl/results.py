@@ -103,3 +103,29 @@ def leaderboard(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str
 
 def _primary(results, task: str) -> str:
     return next(r["protocol"]["primary_metric"] for r in results if r["task"] == task)
+
+
+def atomic_write_dir(path: str | Path, write) -> Path:
+    """Fill a temporary sibling folder with ``write(tmp)``, then swap it into ``path``: a reader
+    never sees a half-written checkpoint, and an interrupted write leaves the old one intact."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        write(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def without_seconds(metrics: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    """Metrics per length minus wall-clock seconds (kept apart so results files are reproducible)."""
+    if metrics is None:
+        return None
+    return {k: {m: v for m, v in row.items() if m != "seconds"} for k, row in metrics.items()}

@@ -21,6 +21,7 @@ from .models.adapter import ModelAdapter
 from .rl.advantages import zero_variance_fraction
 from .rl.algorithm import Algorithm
 from .rl.rollout import RolloutBatch, valid_token_mask
+from .results import atomic_write_dir, without_seconds
 from .task import Task
 
 
@@ -140,7 +141,7 @@ class Trainer:
                 self.state.step_seconds.append(round(seconds, 3))
                 if self.run.eval.every and (step + 1) % self.run.eval.every == 0:
                     val = self.validate()
-                    self.state.validation.append({"step": step + 1, "metrics": _drop_timing(val)})
+                    self.state.validation.append({"step": step + 1, "metrics": without_seconds(val)})
                     m["val"] = next(iter(val.values()))
                 if metrics_file is not None:
                     metrics_file.write(json.dumps({**m, "seconds": seconds, "rollout_seconds": rollout_s}) + "\n")
@@ -157,22 +158,12 @@ class Trainer:
         return self.state
 
     def save(self, path: Path) -> None:
-        """Model (or adapters), tokenizer, optimizer and step, written to a temp folder and renamed."""
-        import os
-        import shutil
-        import tempfile
+        """Model (or adapters), tokenizer, optimizer and step, written atomically."""
+        def write(tmp: Path) -> None:
+            self.accelerator.unwrap_model(self.adapter.model).save_pretrained(tmp)
+            if hasattr(self.adapter.tokenizer, "save_pretrained"):
+                self.adapter.tokenizer.save_pretrained(tmp)
+            torch.save({"optimizer": self.optimizer.state_dict(), "step": self.state.step}, tmp / "trainer_state.pt")
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-        model = self.accelerator.unwrap_model(self.adapter.model)
-        model.save_pretrained(tmp)
-        if hasattr(self.adapter.tokenizer, "save_pretrained"):
-            self.adapter.tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict(), "step": self.state.step}, tmp / "trainer_state.pt")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        atomic_write_dir(path, write)
 
-
-def _drop_timing(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {k: {m: v for m, v in row.items() if m != "seconds"} for k, row in metrics.items()}

@@ -6,13 +6,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
+from ..results import atomic_write_dir
 from ..task import Task
 from .adapter import ModelAdapter
 from .pretrain import pretrain
@@ -51,16 +50,12 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
         bar = progress.add_task(f"pretraining tiny base model on {run.task.name}", total=p.steps)
         on_step = lambda step, loss: progress.update(bar, advance=1, description=f"pretraining tiny on {run.task.name} (loss {loss:.3f})")
     pretrain(make_adapter(model, tokenizer), task, p, gen_length, on_step=on_step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tmp-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "pretrain.json").write_text(key)
-    try:
-        os.replace(tmp, path)  # atomic: a concurrent or interrupted run never sees a half-written checkpoint
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "pretrain.json").write_text(key)
+
+    return atomic_write_dir(path, write)
 
 
 def load(run: RunConfig, task: Task, progress=None) -> ModelAdapter:

@@ -35,12 +35,17 @@ class ESPOConfig(AlgorithmConfig):
     kl: str = "k2"
     length_norm: str = "full"
     """Normalise the log-ratio by the generation length L (paper) or by each row's valid tokens."""
+    masks_per: str = "iteration"
+    """Fresh masks for every policy iteration (paper), or one set per rollout batch reused by all mu
+    iterations, so old and reference ELBOs are computed once per rollout instead of once per iteration."""
 
     def __post_init__(self):
         if self.length_norm not in ("full", "valid"):
             raise ValueError(f"length_norm must be full or valid, got {self.length_norm!r}")
         if self.kl not in KL_ESTIMATORS:
             raise ValueError(f"kl must be one of {', '.join(KL_ESTIMATORS)}, got {self.kl!r}")
+        if self.masks_per not in ("iteration", "rollout"):
+            raise ValueError(f"masks_per must be iteration or rollout, got {self.masks_per!r}")
         if self.num_mc < 1 or self.mu < 1:
             raise ValueError("num_mc and mu must be at least 1")
 
@@ -52,7 +57,7 @@ class ESPO(Algorithm):
     def _elbo(self, logits_fn, mask_id: int, batch, iteration: int) -> torch.Tensor:
         """Sequence ELBO [B] with masks keyed by (seed, rollout step, iteration): shared by theta, old, ref."""
         c = self.config
-        key = (self.seed, "espo-elbo", batch.step, iteration)
+        key = (self.seed, "espo-elbo", batch.step, iteration if c.masks_per == "iteration" else 0)
         seqs = batch.sequences(by_group=c.group_masks)
         return elbo_terms(logits_fn, seqs, mask_id, key, num_samples=c.num_mc,
                           coupled=c.coupled, stratified=c.stratified).sum(-1)
@@ -68,11 +73,14 @@ class ESPO(Algorithm):
         with torch.no_grad():
             for idx in batch.micro_batches(micro_batch_size):
                 mb = batch.select(idx)
-                for it in range(mu):
-                    if it > 0:  # iteration 0 uses the current ELBO detached: theta == theta_old there
-                        old[idx, it] = self._elbo(adapter.logits, adapter.mask_id, mb, it).cpu()
+                per_iteration = self.config.masks_per == "iteration"
+                for it in range(mu) if per_iteration else [0]:  # masks per rollout: one pass fills all mu
+                    cols = slice(it, it + 1) if per_iteration else slice(None)
+                    # Per iteration, iteration 0 needs no old pass: it uses the current ELBO detached.
+                    if mu > 1 and (it > 0 or not per_iteration):
+                        old[idx, cols] = self._elbo(adapter.logits, adapter.mask_id, mb, it).cpu()[:, None]
                     if self.config.beta > 0:
-                        ref[idx, it] = self._elbo(adapter.reference_logits, adapter.mask_id, mb, it).cpu()
+                        ref[idx, cols] = self._elbo(adapter.reference_logits, adapter.mask_id, mb, it).cpu()[:, None]
         return {"old_elbo": old, "ref_elbo": ref}
 
     def loss(self, adapter, batch, cache, iteration):

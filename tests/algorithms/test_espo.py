@@ -272,3 +272,28 @@ def test_group_masks_share_masks_within_a_group_only(setup):
         same_in_group = bool((per_row[:, 0] == per_row[:, 1]).all() and (per_row[:, 2] == per_row[:, 3]).all())
         assert same_in_group == shared
         assert not (per_row[:, 0] == per_row[:, 2]).all()  # different groups still differ
+
+
+def test_masks_per_rollout_reuse_iteration_0_masks_and_cost_one_pass_each():
+    algo = ESPO(ESPOConfig(mu=3, beta=0.1, masks_per="rollout"), seed=SEED)
+    adapter = make_adapter()
+    batch = make_batch(algo.advantages(REWARDS, 2))
+    calls = {"policy": 0, "ref": 0}
+    adapter.model.register_forward_hook(lambda *_: calls.__setitem__("policy", calls["policy"] + 1))
+    adapter.reference_model.register_forward_hook(lambda *_: calls.__setitem__("ref", calls["ref"] + 1))
+    cache = algo.prepare(adapter, batch, micro_batch_size=4)
+    assert calls == {"policy": 2, "ref": 2}  # M = 2 forward passes each, not mu * M
+    with torch.no_grad():
+        old0 = hand_elbo(adapter.logits, batch, 0)
+        ref0 = hand_elbo(lambda i, a: adapter.reference_model(i, a).logits, batch, 0)
+    for it in range(3):
+        assert torch.allclose(cache["old_elbo"][:, it], old0, atol=1e-5)
+        assert torch.allclose(cache["ref_elbo"][:, it], ref0, atol=1e-5)
+    # every iteration's loss uses iteration 0's masks: at unchanged weights the ratio is exactly one
+    _, metrics = algo.loss(adapter, batch, cache, iteration=2)
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and metrics["clip_frac"] == 0.0
+
+
+def test_masks_per_rejects_unknown_values():
+    with pytest.raises(ValueError, match="masks_per"):
+        ESPOConfig(masks_per="step")

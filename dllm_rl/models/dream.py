@@ -54,7 +54,8 @@ class DreamConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
-        self.rope_scaling = rope_scaling
+        if rope_scaling is not None:  # transformers 5 deprecates the attribute; keep it only when a config has one
+            self.rope_scaling = rope_scaling
         self.use_sliding_window = use_sliding_window
         self.initializer_range = initializer_range
         self.mask_token_id = mask_token_id
@@ -67,8 +68,9 @@ class DreamConfig(PretrainedConfig):
 
     def validate(self) -> None:
         """Raise ValueError for settings this implementation does not cover."""
-        if self.rope_scaling not in (None, {}) and (self.rope_scaling or {}).get("rope_type", "default") != "default":
-            raise ValueError(f"Dream config rope_scaling={self.rope_scaling!r} is not supported (the released model uses none)")
+        scaling = getattr(self, "rope_scaling", None)
+        if scaling and scaling.get("rope_type", scaling.get("type", "default")) != "default":
+            raise ValueError(f"Dream config rope_scaling={scaling!r} is not supported (the released model uses none)")
         if self.use_sliding_window:
             raise ValueError("Dream config use_sliding_window=true is not supported (the released model attends to all tokens)")
         if self.hidden_act != "silu":

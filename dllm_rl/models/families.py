@@ -279,8 +279,10 @@ def finish(model, tokenizer, run: RunConfig, spec: FamilySpec, name: str, what: 
     vocab = model.get_input_embeddings().num_embeddings
     ids = special_ids(tokenizer, model.config, spec, m.mask_id, vocab, what)
     if m.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = tuple(m.lora_targets or spec.lora_targets)
     if m.adapter:
         model = lora.load_adapter(model, m.adapter, trainable=True)

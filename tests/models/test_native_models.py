@@ -129,7 +129,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
     for checkpointing in (False, True):
         model = tiny_model(family).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model(ids, mask).logits.float().logsumexp(-1).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name, g in grads[0].items():

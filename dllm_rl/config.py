@@ -237,11 +237,22 @@ def _looks_float(value: Any) -> bool:
     return any(c in value.lower() for c in ".e")
 
 
+RECIPES = Path(__file__).with_name("recipes")
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped in ``dllm_rl/recipes`` (usable as ``--recipe NAME``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe: a YAML file, or the name of a packaged recipe (e.g. ``llada-8b-espo-countdown``)."""
+    if not Path(path).exists() and (RECIPES / f"{Path(path).stem}.yaml").is_file() and Path(path).parent == Path("."):
+        path = RECIPES / f"{Path(path).stem}.yaml"
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise UsageError(f"recipe file {str(path)!r} does not exist") from None
+        raise UsageError(f"recipe file {str(path)!r} does not exist; packaged recipes: {', '.join(packaged_recipes())}") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -148,3 +148,11 @@ def test_offline_without_a_copy_is_one_clear_line(tmp_path, monkeypatch, capsys)
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     for needle in ("Dream-org/Dream-v0-Instruct-7B", "hf download", "--model /path", "HF_HUB_OFFLINE"):
         assert needle in err
+
+
+def test_cli_flags_map_to_model_settings():
+    from dllm_rl.cli import _resolve
+
+    run = _resolve(None, "countdown", "dream", None, None, (), None, None, True, "/some/adapter")
+    assert run.model.trust_remote_code and run.model.adapter == "/some/adapter"
+    assert not _resolve(None, "countdown", "dream", None, None, (), None, None).model.trust_remote_code

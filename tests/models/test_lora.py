@@ -16,11 +16,12 @@ def adapter_for(folder, **model):
 
 
 def _perturb(model, seed=0):
-    """Give the LoRA B matrices (zero at init) non-zero values so the adapters change the output."""
+    """Set the LoRA matrices from a keyed generator (B is zero at init, A comes from the global RNG),
+    so the adapters change the output and the test does not depend on what ran before it."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_B" in name:
+            if "lora_A" in name or "lora_B" in name:
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
 
 
@@ -71,13 +72,13 @@ def test_adapters_save_reload_and_merge_identically(checkpoints, tmp_path, famil
         assert torch.equal(reloaded.logits(IDS), want)
         merged = lora.merge(reloaded.model)
         assert not hasattr(merged, "disable_adapter")
-        assert torch.allclose(tuned.logits(IDS, model=merged), want, atol=1e-5)
+        assert torch.allclose(tuned.logits(IDS, model=merged), want, atol=1e-4, rtol=1e-4)
     # the merged model saves under the published names and loads strictly as a plain checkpoint
     merged.save_pretrained(tmp_path / "merged")
     tuned.tokenizer.save_pretrained(tmp_path / "merged")
     again = adapter_for(tmp_path / "merged")
     with torch.no_grad():
-        assert torch.allclose(again.logits(IDS), want, atol=1e-5)
+        assert torch.allclose(again.logits(IDS), want, atol=1e-4, rtol=1e-4)
 
 
 def test_adapter_folder_errors_are_one_line(checkpoints, tmp_path):

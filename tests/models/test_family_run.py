@@ -39,7 +39,11 @@ def test_espo_two_steps_then_evaluate_and_merge_the_adapter(family, checkpoints,
     assert result["metrics"]["8"]["n"] == 2
     (final,) = (tmp_path / "runs").glob("*/final")
     assert (final / "adapter_config.json").is_file() and not (final / "model.safetensors").exists()
-    if family == "dream":  # the CLI paths below are family-independent; run them once
+    if family == "dream":  # the CLI paths below are family-independent: here, --checkpoint of a LoRA run
+        code, out, err = run_main(["evaluate", "--model", folder, "--checkpoint", str(final), "--task", "countdown",
+                                   "--lengths", "8", "--set", "eval.max_examples=2", "--set", "task.train_size=20",
+                                   "--set", "task.test_size=4", "--set", "task.validation_size=4"], capsys)
+        assert code == 0, err
         return
 
     code, out, err = run_main(["evaluate", "--model", folder, "--adapter", str(final), "--task", "countdown",

@@ -129,14 +129,14 @@ def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_rem
 @click.option("--model", default=None, help="Model family. Default: tiny.")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
               help="A trained model folder (e.g. runs/<run>/final) to evaluate instead of the base model.")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--adapter", "adapter_path", type=click.Path(exists=True, file_okay=False), default=None,
               help="A trained LoRA adapter folder (e.g. runs/<run>/final of a LoRA run) to load on the base --model.")
 @click.option("--trust-remote-code", is_flag=True, default=False, help="Allow an hf: model to run its own code.")
 @click.option("--split", default=None, help="Split to score. Default: test.")
 @click.option("--lengths", default=None, help="Comma-separated generation lengths. Default: the task protocol's.")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
-def evaluate(task, model, checkpoint, adapter, trust_remote_code, split, lengths, recipe, sets):
+def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, lengths, recipe, sets):
     """Score a model on a task under the task's declared protocol."""
     from pathlib import Path
 
@@ -145,8 +145,8 @@ def evaluate(task, model, checkpoint, adapter, trust_remote_code, split, lengths
 
     _quiet_libraries()
     if checkpoint and (Path(checkpoint) / "adapter_config.json").is_file():  # a LoRA run's output
-        adapter, checkpoint = adapter or checkpoint, None
-    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None, trust_remote_code, adapter)
+        adapter_path, checkpoint = adapter_path or checkpoint, None
+    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None, trust_remote_code, adapter_path)
     task_obj = build_task(run_cfg)
     with _progress() as progress:
         adapter = load_model(run_cfg, task_obj, progress)

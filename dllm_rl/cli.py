@@ -23,6 +23,8 @@ RUN_OPTIONS = [
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. optim.lr=1e-4 (repeatable)."),
     click.option("--results-dir", default=None, help="Where the results JSON goes. Default: results/."),
     click.option("--run-dir", default=None, help="Where checkpoints and metrics go. Default: runs/."),
+    click.option("--trust-remote-code", is_flag=True, default=False,
+                 help="Allow an hf: model to run Python code shipped with its checkpoint (off by default)."),
 ]
 
 
@@ -39,10 +41,12 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+def _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code=False, adapter=None):
     from .pipeline import resolve_config
 
     sets = tuple(sets) + tuple(f"output.{k}={v}" for k, v in (("results_dir", results_dir), ("run_dir", run_dir)) if v)
+    sets += ("model.trust_remote_code=true",) if trust_remote_code else ()
+    sets += (f"model.adapter={adapter}",) if adapter else ()
     return resolve_config(algo, task, model, recipe, sets, seed)
 
 
@@ -106,16 +110,16 @@ def cli():
 
 @cli.command()
 @run_options
-def run(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+def run(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code):
     """Train with an RL algorithm, then evaluate; writes one results file."""
-    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir), train=True, final_eval=True)
+    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code), train=True, final_eval=True)
 
 
 @cli.command()
 @run_options
-def train(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code):
     """Train only (checkpoint in the run folder); no test-split evaluation."""
-    run_cfg = _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir)
+    run_cfg = _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code)
     run_cfg.eval.base = False
     _execute(run_cfg, train=True, final_eval=False)
 
@@ -125,17 +129,24 @@ def train(algo, task, model, seed, recipe, sets, results_dir, run_dir):
 @click.option("--model", default=None, help="Model family. Default: tiny.")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False), default=None,
               help="A trained model folder (e.g. runs/<run>/final) to evaluate instead of the base model.")
+@click.option("--adapter", "adapter_path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A trained LoRA adapter folder (e.g. runs/<run>/final of a LoRA run) to load on the base --model.")
+@click.option("--trust-remote-code", is_flag=True, default=False, help="Allow an hf: model to run its own code.")
 @click.option("--split", default=None, help="Split to score. Default: test.")
 @click.option("--lengths", default=None, help="Comma-separated generation lengths. Default: the task protocol's.")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
-def evaluate(task, model, checkpoint, split, lengths, recipe, sets):
+def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, lengths, recipe, sets):
     """Score a model on a task under the task's declared protocol."""
+    from pathlib import Path
+
     from .evaluation import evaluate as run_eval
     from .pipeline import build_task, load_model
 
     _quiet_libraries()
-    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None)
+    if checkpoint and (Path(checkpoint) / "adapter_config.json").is_file():  # a LoRA run's output
+        adapter_path, checkpoint = adapter_path or checkpoint, None
+    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None, trust_remote_code, adapter_path)
     task_obj = build_task(run_cfg)
     with _progress() as progress:
         adapter = load_model(run_cfg, task_obj, progress)
@@ -157,6 +168,33 @@ def evaluate(task, model, checkpoint, split, lengths, recipe, sets):
     for length, row in res.items():
         table.add_row(length, *[f"{100 * row[k]:.1f}" for k in metric_names], str(row["n"]), str(row["nfe"]))
     console.print(table)
+
+
+@cli.command()
+@click.option("--model", required=True, help="The base model the adapter was trained on (family, alias, hf:ORG/NAME or folder).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), required=True, help="The trained LoRA adapter folder.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the merged checkpoint (written atomically).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+def merge(model, adapter, out, sets):
+    """Fold a trained LoRA adapter into the base weights; the result loads with --model OUT."""
+    from pathlib import Path
+
+    from .models.lora import merge as merge_lora
+    from .pipeline import build_task, load_model
+    from .results import atomic_write_dir
+
+    _quiet_libraries()
+    run_cfg = _resolve(None, None, model, None, None, sets, None, None, False, adapter)
+    run_cfg.model.gradient_checkpointing = False
+    adapter_obj = load_model(run_cfg, build_task(run_cfg))
+    merged = merge_lora(adapter_obj.model)
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        adapter_obj.tokenizer.save_pretrained(tmp)
+
+    path = atomic_write_dir(Path(out), write)
+    console.print(f"merged checkpoint: {path}")
 
 
 @cli.command()

@@ -19,9 +19,35 @@ from .errors import UsageError
 
 @dataclass
 class ModelConfig:
-    """Which model family or checkpoint to load (LoRA and dtype options arrive with the real families)."""
+    """Which model to load and how: a family or alias (``tiny``, ``llada``, ``llada-1.5``, ``dream``),
+    ``hf:ORG/NAME``, or a local checkpoint folder; dtype, LoRA and memory options."""
 
     name: str = "tiny"
+    path: str | None = None
+    """A local folder or hub id that replaces the alias's checkpoint (e.g. ``--model llada --set
+    model.path=/data/LLaDA-8B-Instruct``)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to download."""
+    dtype: str = "auto"
+    """auto (bfloat16 on a GPU that supports it, else float32), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Run the checkpoint's own Python code (generic ``hf:`` family only); off unless asked for."""
+    gradient_checkpointing: bool = False
+    lora: bool = False
+    """Train LoRA adapters instead of all weights; the reference policy is the base (adapters off)."""
+    lora_r: int = 128
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    """Module names to adapt; None = the family's defaults. Names that match no module are an error."""
+    adapter: str | None = None
+    """A trained LoRA adapter folder loaded on top of the base model (evaluation, or more training)."""
+    mask_id: int | None = None
+    """Override the mask token id (generic ``hf:`` models without a model card)."""
+    shift_logits: bool | None = None
+    """Override whether position k-1 predicts token k (Dream-style); None = the family's or card's."""
+    prompt_style: str | None = None
+    """direct or chat; None = the family's default (chat for instruct checkpoints)."""
 
 
 @dataclass
@@ -211,11 +237,22 @@ def _looks_float(value: Any) -> bool:
     return any(c in value.lower() for c in ".e")
 
 
+RECIPES = Path(__file__).with_name("recipes")
+
+
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped in ``dllm_rl/recipes`` (usable as ``--recipe NAME``)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe: a YAML file, or the name of a packaged recipe (e.g. ``llada-8b-espo-countdown``)."""
+    if not Path(path).exists() and (RECIPES / f"{Path(path).stem}.yaml").is_file() and Path(path).parent == Path("."):
+        path = RECIPES / f"{Path(path).stem}.yaml"
     try:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise UsageError(f"recipe file {str(path)!r} does not exist") from None
+        raise UsageError(f"recipe file {str(path)!r} does not exist; packaged recipes: {', '.join(packaged_recipes())}") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

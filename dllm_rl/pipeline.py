@@ -38,11 +38,11 @@ def resolve_config(algo: str | None = None, task: str | None = None, model: str 
                 names[kind] = value
         if names[kind] is None:
             names[kind] = (recipe_data.get(kind) or {}).get("name") or getattr(RunConfig(), kind).name
-    registry.get("models", names["model"])  # unknown names fail here, with the valid ones listed
+    model_entry = registry.model(names["model"])  # unknown names fail here, with the valid ones listed
     registry.get("tasks", names["task"])
     registry.get("algorithms", names["algorithm"])
     data: dict[str, Any] = {}
-    for preset in registry.presets(names["model"], names["task"], names["algorithm"]):
+    for preset in registry.presets(model_entry.name, names["task"], names["algorithm"], model_entry.info.get("family")):
         data = merge(data, preset)
     data = merge(data, recipe_data)
     for kind, name in names.items():
@@ -72,7 +72,7 @@ def build_algorithm(run: RunConfig) -> Algorithm:
 
 def load_model(run: RunConfig, task: Task, progress=None) -> ModelAdapter:
     """The model family's ``load(run, task, progress) -> ModelAdapter``."""
-    loader = registry.get("models", run.model.name).load()
+    loader = registry.model(run.model.name).load()
     return loader(run, task, progress)
 
 

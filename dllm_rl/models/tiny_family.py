@@ -13,6 +13,7 @@ import torch
 from ..config import RunConfig
 from ..results import atomic_write_dir
 from ..task import Task
+from . import lora
 from .adapter import ModelAdapter
 from .pretrain import pretrain
 from .tiny import TinyDLM, TinyDLMConfig, build_tokenizer
@@ -66,4 +67,11 @@ def load(run: RunConfig, task: Task, progress=None) -> ModelAdapter:
 
     path = base_checkpoint(run, task, gen_length_of(run, task, "direct"), progress)
     model = TinyDLM.from_pretrained(path).eval()
-    return make_adapter(model, PreTrainedTokenizerFast.from_pretrained(path))
+    adapter = make_adapter(model, PreTrainedTokenizerFast.from_pretrained(path))
+    m = run.model
+    if m.adapter:
+        adapter.model = lora.load_adapter(model, m.adapter, trainable=True)
+    elif m.lora:
+        targets = tuple(m.lora_targets or adapter.lora_targets)
+        adapter.model, adapter.lora_targets = lora.apply_lora(model, targets, m.lora_r, m.lora_alpha, m.lora_dropout, "tiny"), targets
+    return adapter

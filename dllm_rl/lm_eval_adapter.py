@@ -414,7 +414,12 @@ class LMEvalRequest:
         from .results import result_filename
 
         lm = DiffusionLM(adapter, **self.settings)
-        results = run_lm_eval(lm, self.tasks, limit=self.limit, num_fewshot=self.num_fewshot, manager=self.manager)
+        try:
+            results = run_lm_eval(lm, self.tasks, limit=self.limit, num_fewshot=self.num_fewshot, manager=self.manager)
+        except OSError as exc:  # typically a task's data set: no network and no cached copy
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(f"lm-eval could not load its data ({reason}); run once with network access to cache "
+                             "the task's data set, or point a task YAML at local files via --lm-eval-include") from None
         output = self.output
         if output is None:
             stem = result_filename(run.model.name, "+".join(Path(t).stem for t in self.tasks), "lm-eval", run.seed)

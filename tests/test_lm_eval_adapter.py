@@ -173,6 +173,18 @@ def test_settings_and_registration(adapter):
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
+def test_lm_eval_builds_the_model_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("pretrain: {steps: 3, hidden_size: 32, intermediate_size: 64, num_layers: 1}\n"
+                      "task: {name: sudoku, params: {train_puzzles_per_grid: 1}}\n")
+    lm = DiffusionLM.create_from_arg_string(f"model=tiny,recipe={recipe},mc_samples=2", {"batch_size": 4, "device": None})
+    assert lm.adapter.name == "tiny" and lm.adapter.model.config.hidden_size == 32
+    assert (lm.config.mc_samples, lm.config.batch_size) == (2, 4)
+    with pytest.raises(UsageError, match="not both"):
+        DiffusionLM(lm.adapter, model="tiny")
+
+
 @pytest.mark.parametrize("text, value", [("10", 10), ("0.25", 0.25), (None, None)])
 def test_parse_limit(text, value):
     assert parse_limit(text) == value

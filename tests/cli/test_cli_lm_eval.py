@@ -30,12 +30,12 @@ def run_main(args, capsys):
 def test_lm_eval_from_the_command_line_writes_one_results_file(tmp_path, capsys):
     out = tmp_path / "lm.json"
     code, stdout, err = run_main(["evaluate", *TINY, "--lm-eval", "dllm_tiny_sudoku_mc",
-                                  "--lm-eval-include", TASKS, "--lm-eval-limit", "2", "--lm-eval-arg", "mc_samples=2",
+                                  "--lm-eval-include", TASKS, "--lm-eval-limit", "2", "--lm-eval-arg", "mc_samples=2", "--lm-eval-arg", "greedy_check=false",
                                   "--lm-eval-output", str(out)], capsys)
     assert code == 0, err
     data = json.loads(out.read_text())
     assert data["schema"] == "dllm-rl/lm-eval/v1" and data["model"] == "tiny" and data["limit"] == 2
-    assert data["adapter_config"]["mc_samples"] == 2 and "lm_eval" in data["versions"]
+    assert data["adapter_config"]["mc_samples"] == 2 and data["adapter_config"]["greedy_check"] is False and "lm_eval" in data["versions"]
     results = data["lm_eval"]["results"]
     assert results["dllm_tiny_sudoku_mc"]["sample_len"] == 2 and results["dllm_tiny_sudoku_mc"]["acc,none"] in (0.0, 0.5, 1.0)
     assert "samples" not in data["lm_eval"] and "dllm_tiny_sudoku_mc" in stdout

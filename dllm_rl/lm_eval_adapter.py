@@ -85,7 +85,8 @@ class DiffusionLM(LM):
                  model: str | None = None, task: str | None = None, recipe: str | None = None,
                  device: str | None = None, max_batch_size: int | None = None, **settings: Any):
         """Wrap ``adapter``, or load the model family ``model`` for ``task`` (and ``recipe``) by name;
-        remaining keyword arguments are ``LMEvalConfig`` fields (``batch_size=8``, ``mc_samples=64``)."""
+        remaining keyword arguments are ``LMEvalConfig`` fields (``batch_size=8``, ``mc_samples=64``).
+        ``device`` moves the model; ``max_batch_size`` (lm-eval's automatic batch sizing) is unused."""
         super().__init__()
         batch_size = settings.pop("batch_size", None)
         if isinstance(batch_size, str):

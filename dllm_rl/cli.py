@@ -136,8 +136,16 @@ def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_rem
 @click.option("--lengths", default=None, help="Comma-separated generation lengths. Default: the task protocol's.")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None)
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
-def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, lengths, recipe, sets):
-    """Score a model on a task under the task's declared protocol."""
+@click.option("--lm-eval", "lm_eval_tasks", default=None, metavar="TASKS",
+              help="Score with lm-eval tasks instead (comma-separated names or YAML paths); --task then only picks the model's base.")
+@click.option("--lm-eval-limit", default=None, metavar="N", help="Examples per lm-eval task (an integer, or a fraction below 1).")
+@click.option("--lm-eval-include", multiple=True, type=click.Path(), metavar="PATH", help="Folder of extra lm-eval task YAML files (repeatable).")
+@click.option("--lm-eval-fewshot", type=int, default=None, metavar="K", help="Override the lm-eval tasks' few-shot count.")
+@click.option("--lm-eval-arg", "lm_eval_args", multiple=True, metavar="KEY=VALUE", help="lm-eval adapter setting, e.g. mc_samples=64 (repeatable).")
+@click.option("--lm-eval-output", default=None, type=click.Path(dir_okay=False), help="Results JSON. Default: <results_dir>/lm-eval/<model>__<tasks>.json.")
+def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, lengths, recipe, sets, lm_eval_tasks,
+             lm_eval_limit, lm_eval_include, lm_eval_fewshot, lm_eval_args, lm_eval_output):
+    """Score a model on a task under the task's declared protocol (or on lm-eval tasks with --lm-eval)."""
     from pathlib import Path
 
     from .evaluation import evaluate as run_eval
@@ -148,10 +156,20 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
         adapter_path, checkpoint = adapter_path or checkpoint, None
     run_cfg = _resolve(None, task, model, None, recipe, sets, None, None, trust_remote_code, adapter_path)
     task_obj = build_task(run_cfg)
+    lm_eval = None
+    if lm_eval_tasks is not None:
+        try:
+            from .lm_eval_adapter import LMEvalRequest
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"--lm-eval needs the lm-eval package ({exc}); install it with pip install 'dllm-rl[lm-eval]'") from None
+        lm_eval = LMEvalRequest.parse(lm_eval_tasks, lm_eval_limit, lm_eval_include, lm_eval_fewshot, lm_eval_args, lm_eval_output)
     with _progress() as progress:
         adapter = load_model(run_cfg, task_obj, progress)
     if checkpoint:
         adapter.model = type(adapter.model).from_pretrained(checkpoint).eval()
+    if lm_eval is not None:
+        lm_eval.run(adapter, run_cfg, console, checkpoint)
+        return
     try:
         lens = [int(x) for x in lengths.split(",")] if lengths else (run_cfg.eval.lengths or list(task_obj.protocol(adapter.prompt_style).lengths))
     except ValueError:

@@ -147,7 +147,8 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         "task_config": dataclasses.asdict(task.config),
         "versions": versions(),
         "protocol": {"split": e.split, "lengths": lengths, "primary_metric": protocol.primary_metric, "style": style,
-                     "decoding": f"greedy, low-confidence remasking, blocks of {r.block_length}, L/2 steps"},
+                     "decoding": f"greedy, low-confidence remasking, blocks of {r.block_length}, L/2 steps",
+                     "shots": protocol.shots, "prompt": protocol.prompt, "parser": protocol.parser},
         "base": without_seconds(base),
         "metrics": without_seconds(metrics),
         "training": None if state is None else {

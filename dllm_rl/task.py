@@ -25,6 +25,10 @@ class EvalProtocol:
     """The metric shown in leaderboards."""
     split: str = "test"
     shots: int = 0
+    prompt: str = ""
+    """How the prompt is built, in a line (recorded with results so runs can be compared)."""
+    parser: str = ""
+    """How the answer is read from a completion and judged, in a line."""
 
 
 @dataclass

@@ -1,6 +1,12 @@
 """Shared test setup."""
+import os
+
 import pytest
 import torch
+
+# Tests never touch the network: the Hugging Face libraries read these when first imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,127 @@
+"""Rows of a data set split, from the Hugging Face Hub through ``datasets`` or from a local copy.
+
+A task names its hub data set and offers a ``data_path`` setting for offline use. ``data_path`` may be
+- a folder with one data file (or shard set) per split: ``train.jsonl``, ``test.parquet``, or a hub
+  snapshot such as ``main/test-00000-of-00001.parquet`` (files are matched by split name, and by the
+  config name when the folder holds several configs);
+- a folder written by ``datasets``' ``save_to_disk`` (a DatasetDict);
+- a file path containing ``{split}``, e.g. ``data/gsm8k-{split}.jsonl``;
+- a single file (.jsonl, .json, .parquet, .csv), which then holds the test split only.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """No per-file progress bars from ``datasets`` while a task reads its data."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+
+
+def download_hint(hub_id: str) -> str:
+    return (f"download it once with `hf download {hub_id} --repo-type dataset --local-dir DIR` "
+            "and pass --set task.data_path=DIR")
+
+
+def load_rows(hub_id: str, split: str, *, task: str, config: str | None = None,
+              data_path: str | None = None) -> list[dict[str, Any]]:
+    """All rows of ``split`` as dicts, in the data set's order: from ``data_path`` if given, else the hub."""
+    with _quiet():
+        if data_path:
+            return _local_rows(data_path, split, task=task, config=config)
+        return _hub_rows(hub_id, split, task=task, config=config)
+
+
+def _hub_rows(hub_id: str, split: str, *, task: str, config: str | None) -> list[dict[str, Any]]:
+    import datasets
+
+    name = f"{hub_id}" + (f" ({config})" if config else "")
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=split)
+    except OSError as exc:  # no network / offline mode without a cached copy / unknown data set
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"task {task!r} cannot load {name} split {split!r} from the Hugging Face Hub "
+                         f"({reason}); {download_hint(hub_id)}") from None
+    return ds.to_list()
+
+
+def _data_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in BUILDERS and not p.name.startswith("."))
+
+
+def _split_files(root: Path, split: str, config: str | None) -> list[Path]:
+    """Data files under ``root`` whose name is the split (``test.jsonl``, ``test-00000-of-00001.parquet``)."""
+    def is_split(p: Path) -> bool:
+        stem = p.name[: -len(p.suffix)]
+        return stem == split or stem.startswith((f"{split}-", f"{split}_", f"{split}."))
+
+    files = [p for p in _data_files(root) if is_split(p)]
+    if config:
+        in_config = [p for p in files if config in p.relative_to(root).parts[:-1]]
+        files = in_config or files
+    if len({p.parent for p in files}) > 1:
+        folders = ", ".join(sorted({str(p.parent) for p in files}))
+        raise UsageError(f"data_path {str(root)!r} holds {split} files in several folders ({folders}); point it at one")
+    return files
+
+
+def _read(files: list[Path], task: str) -> list[dict[str, Any]]:
+    import datasets
+
+    builders = {BUILDERS[p.suffix] for p in files}
+    if len(builders) != 1:
+        raise UsageError(f"task {task!r}: mixed file types in {', '.join(map(str, files))}")
+    try:
+        return datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train").to_list()
+    except Exception as exc:  # a malformed user file: say which, in one line
+        raise UsageError(f"task {task!r} cannot read {', '.join(map(str, files))}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _local_rows(data_path: str, split: str, *, task: str, config: str | None) -> list[dict[str, Any]]:
+    templated = "{split}" in data_path
+    path = Path(data_path.replace("{split}", split)).expanduser()
+    if not path.exists():
+        raise UsageError(f"task {task!r}: data_path {str(path)!r} does not exist")
+    if path.is_file():
+        if path.suffix not in BUILDERS:
+            raise UsageError(f"task {task!r}: data_path {str(path)!r} is not a {', '.join(BUILDERS)} file")
+        if not templated and split != "test":
+            raise UsageError(f"task {task!r}: data_path {str(path)!r} is one file, read as the test split; for the "
+                             f"{split} split give a folder with one file per split or a path containing {{split}}")
+        return _read([path], task)
+    if (path / "dataset_dict.json").is_file():
+        import datasets
+
+        dd = datasets.load_from_disk(str(path))
+        if split not in dd:
+            raise UsageError(f"task {task!r}: {str(path)!r} has no {split!r} split; it has {', '.join(dd)}")
+        return dd[split].to_list()
+    files = _split_files(path, split, config)
+    if not files:
+        raise UsageError(f"task {task!r}: no {split} data under {str(path)!r} (expected e.g. {split}.jsonl "
+                         f"or {split}-00000-of-00001.parquet)")
+    return _read(files, task)
+
+
+def holdout(n: int, size: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Split indices 0..n-1 into (kept, held out) with ``size`` drawn by ``rng``; both sorted."""
+    if not 0 <= size <= n:
+        raise UsageError(f"validation_size must be within 0..{n} (the train split has {n} rows), got {size}")
+    held = set(rng.sample(range(n), size))
+    return [i for i in range(n) if i not in held], sorted(held)

@@ -84,11 +84,14 @@ def keep_definitions(code: str) -> str:
         tree = ast.parse(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return code
-    kept = [node for node in tree.body if isinstance(node, _KEEP)]
-    if len(kept) == len(tree.body):
+    dropped = set()
+    for node in tree.body:
+        if not isinstance(node, _KEEP):
+            dropped.update(range(_start(node), node.end_lineno + 1))
+    if not dropped:
         return code
     lines = code.split("\n")
-    return "\n".join("\n".join(lines[_start(n) - 1:n.end_lineno]) for n in kept)
+    return "\n".join(line for i, line in enumerate(lines, 1) if i not in dropped).strip("\n")
 
 
 def _start(node: ast.stmt) -> int:
@@ -131,16 +134,3 @@ def complete_function(prefix: str, continuation: str) -> str | None:
             kept = keep_definitions(code).strip("\n")
             return kept if kept.strip() else None
     return None
-
-
-def called_names(test_code: str) -> list[str]:
-    """Names of functions/classes a test calls (e.g. the entry point of an ``assert f(x) == y``)."""
-    try:
-        tree = ast.parse(test_code)
-    except (SyntaxError, ValueError):
-        return []
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in out:
-            out.append(node.func.id)
-    return out

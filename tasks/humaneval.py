@@ -15,7 +15,7 @@ from dllm_rl.sandbox import Job
 from dllm_rl.task import Example, Prompt, check_style
 
 from .code_data import local_file, require
-from .code_extract import complete_function, defines, extract_code, normalize
+from .code_extract import PYTHON_TAGS, complete_function, defines, extract_code, fenced_blocks, normalize
 from .code_task import CodeTask, CodeTaskConfig
 from .evalplus_task import EvalPlusConfig, EvalPlusTask
 
@@ -42,8 +42,11 @@ def humaneval_program(example: Example, completion: str, style: str) -> str | No
     code = extract_code(completion)
     if code is not None and defines(code, example["entry_point"]):
         return prompt.rstrip("\n") + "\n\n\n" + code
-    body = code if code is not None else completion
-    return complete_function(prompt, body if body.startswith((" ", "\t")) else _indent(body))
+    if code is None:  # an indented function body alone does not parse on its own
+        blocks = [body for tag, body in fenced_blocks(normalize(completion)) if tag in PYTHON_TAGS and body.strip()]
+        code = blocks[0] if blocks else normalize(completion)
+    body = code.strip("\n")
+    return complete_function(prompt, body if body.startswith(" ") else _indent(body))
 
 
 def _indent(text: str) -> str:

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _wire  # noqa: E402
 
 PR_SET_DUMPABLE = 4
-MAX_REPLY = 256 << 20
+MAX_REPLY = 64 << 20  # one reply (a call's value); larger ones fault the program
 MAX_JOB = 1 << 30
 
 
@@ -302,7 +302,10 @@ def run(job: dict, result_fd: int) -> dict:
     units = [(i, compile(t, f"<test {i}>", "exec"), False) for i, t in enumerate(tests)]
     units += [(i, compile(e, f"<output {i}>", "eval"), True) for i, e in enumerate(outputs)]
     signal.signal(signal.SIGALRM, _on_alarm)
+    skip_tests = False
     for k, (i, code, is_output) in enumerate(units):
+        if skip_tests and not is_output:
+            continue
         now = time.monotonic()
         if now >= end:
             result["status"] = "timeout"
@@ -342,9 +345,11 @@ def run(job: dict, result_fd: int) -> dict:
             ok = False
         seconds[k] = round(took, 6)
         if is_output:
-            values[i] = value if ok else None
+            values[i] = {"v": value} if ok else None
         else:
             passed[i] = ok
+            if not ok and job.get("fail_fast"):
+                skip_tests = True  # the remaining tests count as failed; outputs are still computed
     program.kill()
     return result
 

@@ -17,6 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _landlock  # noqa: E402
+import _seccomp  # noqa: E402
 import _wire  # noqa: E402
 
 MAX_ITEMS = 100_000
@@ -51,7 +52,11 @@ def lock_down(cfg: dict) -> dict:
     report["pid"] = os.getpid()
     if cfg.get("landlock"):
         report.update(_landlock.restrict(cfg["read_paths"], [cfg["workdir"]], ["/dev/null"]))
-    if not report.get("tcp") and report["interfaces"] != ["lo"]:
+    own_network = report["interfaces"] == ["lo"]
+    if cfg.get("seccomp"):
+        _seccomp.restrict(block_sockets=not own_network)
+        report["seccomp"] = True
+    elif not report.get("tcp") and not own_network:
         _refuse_sockets()
         report["socket_patch"] = True
     return report
@@ -67,7 +72,7 @@ def _interfaces() -> list[str]:
 
 
 def _refuse_sockets() -> None:
-    """Last resort without a network namespace or Landlock TCP rules: refuse new sockets in Python.
+    """Last resort without a network namespace, Landlock TCP rules or seccomp: refuse new sockets in Python.
     A program that reaches the OS another way (ctypes) is not stopped; the isolation report says so."""
     def refuse(*_, **__):
         raise PermissionError("network access is disabled in the sandbox")

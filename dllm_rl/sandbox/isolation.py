@@ -3,7 +3,8 @@
 Layers, strongest first: an unshared user + network + pid namespace (``unshare`` from util-linux;
 with ``--mount-proc`` the program sees only its own processes and the whole namespace dies with its
 first process); Landlock (filesystem writes only beneath the working directory, no TCP, no signals
-or ptrace outside the sandbox); a per-program pids cgroup when running as root (the kernel ignores
+or ptrace outside the sandbox); a seccomp filter (no kill, ptrace, setsid; no network sockets
+without the namespace); a per-program pids cgroup when running as root (the kernel ignores
 RLIMIT_NPROC for uid 0), else RLIMIT_NPROC. Missing layers degrade to weaker ones and are reported
 by :meth:`Isolation.describe`, never silently."""
 from __future__ import annotations
@@ -17,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _landlock
+from . import _landlock, _seccomp
 
 _WRAPPERS = (
     ("--user", "--map-current-user", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"),
@@ -39,21 +40,25 @@ class Isolation:
     landlock_abi: int = 0
     cgroup_root: str | None = None
     """Folder under which a pids cgroup per program is created (root only), or None."""
+    seccomp: bool = False
+    """Install a seccomp filter: no signals, ptrace, setsid/setpgid; only AF_UNIX sockets without a netns."""
 
     @property
     def contains_signals(self) -> bool:
         """Whether a program is stopped from signalling (killing) processes outside its sandbox."""
-        return self.pid_namespace or self.landlock_abi >= 6
+        return self.pid_namespace or self.landlock_abi >= 6 or self.seccomp
 
     def describe(self) -> dict[str, str]:
         """One line per concern: what stops the program there on this host."""
         abi = self.landlock_abi
         network = ("unshared network namespace (only loopback, down)" if self.network_namespace
+                   else "seccomp: only AF_UNIX sockets" if self.seccomp
                    else "Landlock denies TCP bind/connect; other sockets refused in Python only" if abi >= 4
                    else "sockets refused in Python only (weak: ctypes can bypass)")
         files = ("Landlock: writes only beneath the working directory, reads only system and Python folders"
                  if abi >= 1 else "none beyond file permissions (working directory is a fresh temp folder)")
         processes = ("pid namespace: all of the program's processes die with it" if self.pid_namespace
+                     else "process group kill; seccomp forbids leaving the group" if self.seccomp
                      else "process group + pids cgroup kill" if self.cgroup_root
                      else "process group kill (a program that calls setsid() can escape it)")
         if self.cgroup_root:
@@ -62,9 +67,9 @@ class Isolation:
             count = "RLIMIT_NPROC" + (" per user namespace" if "--user" in self.wrapper else " (shared by all programs of this user)")
         else:
             count = "none: uid 0 ignores RLIMIT_NPROC and no writable pids cgroup was found"
-        signals = ("pid namespace + Landlock signal scoping" if self.pid_namespace and abi >= 6
-                   else "pid namespace" if self.pid_namespace else "Landlock signal scoping" if abi >= 6
-                   else "none (the program may signal processes of the same user)")
+        layers = [name for name, on in (("pid namespace", self.pid_namespace), ("Landlock signal scoping", abi >= 6),
+                                        ("seccomp (no kill, ptrace)", self.seccomp)) if on]
+        signals = " + ".join(layers) or "none (the program may signal processes of the same user)"
         return {"network": network, "filesystem": files, "processes": processes, "process_count": count,
                 "signals": signals, "limits": "RLIMIT_AS, RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NOFILE, wall-clock kill"}
 
@@ -96,9 +101,10 @@ def _probe() -> Isolation:
             if out.returncode == 0 and len(fields) == 2 and fields[1] == "1":
                 wrapper, netns, pidns = (unshare, *flags), True, fields[0] == "1"
                 break
+    linux = sys.platform.startswith("linux")
     return Isolation(wrapper=wrapper, network_namespace=netns, pid_namespace=pidns,
-                     landlock_abi=_landlock.abi_version() if sys.platform.startswith("linux") else 0,
-                     cgroup_root=_pids_cgroup_root())
+                     landlock_abi=_landlock.abi_version() if linux else 0, cgroup_root=_pids_cgroup_root(),
+                     seccomp=linux and _seccomp.available())
 
 
 def _pids_cgroup_root() -> str | None:

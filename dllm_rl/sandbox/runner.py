@@ -85,6 +85,8 @@ class Job:
     outputs: list[str] = field(default_factory=list)
     test_timeouts: list[float] | None = None
     """Per-unit budgets (tests, then outputs); None = ``Limits.test_timeout`` each."""
+    fail_fast: bool = False
+    """Stop at the first failed test (the rest count as failed): enough for pass@1, much faster."""
 
 
 @dataclass
@@ -96,6 +98,8 @@ class Verdict:
     completed: bool
     """The harness delivered a verdict with the right nonce before the deadline."""
     outputs: list[Any] = field(default_factory=list)
+    """Values of ``Job.outputs`` (None where evaluating one failed; see ``output_ok``)."""
+    output_ok: list[bool] = field(default_factory=list)
     seconds: list[float | None] = field(default_factory=list)
     error: str = ""
     stdout: str = ""
@@ -177,9 +181,11 @@ class _Cgroup:
                 time.sleep(0.02)
 
 
-def _read_paths() -> list[str]:
-    """Folders the program may read beneath: the Python installation and system libraries."""
-    paths = {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime",
+def _read_paths(own_proc: bool) -> list[str]:
+    """Folders the program may read beneath: the Python installation and system libraries, and
+    /proc when it is the program's own (a pid namespace); never $HOME, /tmp or the project."""
+    paths = {"/proc"} if own_proc else set()
+    paths |= {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime",
              "/dev/urandom", "/dev/random", "/dev/zero", sys.prefix, sys.base_prefix, sys.exec_prefix,
              sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
     paths.update(site.getsitepackages())
@@ -284,7 +290,7 @@ class Sandbox:
             self._isolation = probe()
         if not self._isolation.contains_signals and not self.allow_weak_isolation:
             raise WeakIsolation(
-                "this host offers neither pid namespaces (unshare) nor Landlock >= 6, so untrusted programs could "
+                "this host offers neither pid namespaces (unshare), Landlock >= 6 nor seccomp, so untrusted programs could "
                 "kill other processes of this user; allow it explicitly (allow_weak_isolation=True) or run in a "
                 "container or VM")
         return self._isolation
@@ -349,13 +355,14 @@ class Sandbox:
         spec = {
             "nonce": nonce, "program": job.program, "tests": list(job.tests), "prelude": job.prelude,
             "setup": job.setup, "bind": dict(job.bind), "data": _wire.encode(job.data), "outputs": list(job.outputs),
-            "test_timeouts": job.test_timeouts, "timeout": lim.timeout, "test_timeout": lim.test_timeout,
+            "test_timeouts": job.test_timeouts, "fail_fast": job.fail_fast, "timeout": lim.timeout, "test_timeout": lim.test_timeout,
             "start_timeout": lim.start_timeout, "max_restarts": lim.max_restarts,
             "wrapper": list(iso.wrapper), "python": _python(), "untrusted_script": str(UNTRUSTED),
             "env": _env(str(work)), "stdout_path": str(io / "program.out"), "stderr_path": str(io / "program.err"),
             "untrusted": {"workdir": str(work), "memory_mb": lim.memory_mb, "cpu_seconds": lim.cpu_seconds,
                           "max_processes": lim.max_processes, "max_file_mb": lim.max_file_mb,
-                          "landlock": iso.landlock_abi >= 1, "read_paths": _read_paths(),
+                          "landlock": iso.landlock_abi >= 1, "read_paths": _read_paths(iso.pid_namespace),
+                          "seccomp": iso.seccomp,
                           "cgroup": str(cgroup.path) if cgroup else None,
                           "sys_path": site.getsitepackages() if lim.site_packages else []},
         }
@@ -390,12 +397,15 @@ class Sandbox:
         n = len(job.tests)
         if result is None:
             return Verdict(passed=[False] * n, status="no_verdict", completed=False, outputs=[None] * len(job.outputs),
-                           error="the harness gave no verdict before the deadline", stdout=out, stderr=err)
+                           output_ok=[False] * len(job.outputs), error="the harness gave no verdict before the deadline",
+                           stdout=out, stderr=err)
         passed = result.get("passed")
         if not isinstance(passed, list) or len(passed) != n or not all(isinstance(p, bool) for p in passed):
             return Verdict(passed=[False] * n, status="harness_error", completed=False, error="malformed verdict",
                            stdout=out, stderr=err)
-        outputs = [None if o is None else _wire.decode(o) for o in result.get("outputs") or []]
+        raw = result.get("outputs") or [None] * len(job.outputs)
+        outputs = [None if o is None else _wire.decode(o["v"]) for o in raw]
         return Verdict(passed=passed, status=str(result.get("status")), completed=True, outputs=outputs,
+                       output_ok=[o is not None for o in raw],
                        seconds=list(result.get("seconds") or []), error=str(result.get("error") or ""),
                        stdout=out, stderr=err, isolation=result.get("isolation") or {})

@@ -230,5 +230,24 @@ def test_verdict_rules_hold_without_namespaces_or_landlock():
     assert not net.passed[0] and net.isolation.get("socket_patch") is True
 
 
+def test_seccomp_alone_refuses_signals_leaving_the_group_and_network_sockets():
+    # The layer for hosts without namespaces or Landlock >= 6. Probes are harmless even if a call got
+    # through: signal 0 and SIGWINCH to the harness.
+    if not probe().seccomp:
+        pytest.skip("seccomp unavailable")
+    program = ("import os, signal, socket\ndef probe():\n    out = {}\n"
+               "    for name, call in [('signal0', lambda: os.kill(os.getppid(), 0)),\n"
+               "                       ('sigwinch', lambda: os.kill(os.getppid(), signal.SIGWINCH)),\n"
+               "                       ('setsid', os.setsid), ('setpgid', lambda: os.setpgid(0, 0)),\n"
+               "                       ('tcp', lambda: socket.socket().close()),\n"
+               "                       ('unix', lambda: socket.socket(socket.AF_UNIX).close())]:\n"
+               "        try:\n            call()\n            out[name] = 'allowed'\n"
+               "        except PermissionError:\n            out[name] = 'refused'\n    return out\n")
+    with Sandbox(FAST, isolation=Isolation(seccomp=True)) as only_seccomp:  # strict mode accepts it
+        verdict = only_seccomp.run(Job(program, outputs=["probe()"]))
+    assert verdict.outputs == [{"signal0": "refused", "sigwinch": "refused", "setsid": "refused", "setpgid": "refused",
+                                "tcp": "refused", "unix": "allowed"}]
+
+
 def test_probe_is_cached():
     assert probe() is probe()

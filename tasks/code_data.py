@@ -39,7 +39,8 @@ def local_file(data_path: str, split: str | None = None) -> Path:
         for suffix in SUFFIXES:
             if (path / f"{split}{suffix}").is_file():
                 return path / f"{split}{suffix}"
-        raise UsageError(f"data_path {data_path!r} has no {split} file; expected {split}.jsonl, {split}.json or {split}.parquet")
+        raise UsageError(f"data_path {data_path!r} has no {split} file; "
+                         f"expected {split}.jsonl, {split}.json or {split}.parquet")
     raise UsageError(f"data_path {data_path!r} does not exist")
 
 

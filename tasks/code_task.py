@@ -8,6 +8,7 @@ pass@1 (all tests pass, greedy) and the mean fraction of tests passed."""
 from __future__ import annotations
 
 import abc
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -42,6 +43,8 @@ class CodeTaskConfig(TaskConfig):
     def __post_init__(self):
         if self.timeout <= 0 or self.test_timeout <= 0 or self.memory_mb < 64 or self.workers < 0:
             raise ValueError("need timeout > 0, test_timeout > 0, memory_mb >= 64 and workers >= 0")
+        if self.data_path is not None and not os.path.exists(os.path.expanduser(self.data_path)):
+            raise ValueError(f"data_path {self.data_path!r} does not exist")
 
 
 class CodeTask(Task):
@@ -174,5 +177,5 @@ class CodeTask(Task):
     def _check_split(self, split: str) -> None:
         if split not in self.splits:
             name = type(self).__name__
-            raise UsageError(f"{name} has no {split!r} split; valid: {', '.join(self.splits)}"
-                             + ("; train on acecoder (the paper's code recipe) and evaluate here" if split == "train" else ""))
+            hint = "; train on acecoder (the paper's code recipe) and evaluate here" if split == "train" else ""
+            raise UsageError(f"{name} has no {split!r} split; valid: {', '.join(self.splits)}{hint}")

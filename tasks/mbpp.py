@@ -31,7 +31,8 @@ class MBPPConfig(CodeTaskConfig):
 
 def _task_text(row: dict) -> str:
     tests = "\n".join(row["test_list"])
-    return f"You are an expert Python programmer, and here is your task: {row['text']} Your code should pass these tests:\n\n{tests}\n"
+    return (f"You are an expert Python programmer, and here is your task: {row['text']} "
+            f"Your code should pass these tests:\n\n{tests}\n")
 
 
 class MBPP(CodeTask):

@@ -64,7 +64,8 @@ class Isolation:
         if self.cgroup_root:
             count = "pids cgroup (pids.max)"
         elif os.geteuid() != 0:
-            count = "RLIMIT_NPROC" + (" per user namespace" if "--user" in self.wrapper else " (shared by all programs of this user)")
+            shared = " per user namespace" if "--user" in self.wrapper else " (shared by all programs of this user)"
+            count = "RLIMIT_NPROC" + shared
         else:
             count = "none: uid 0 ignores RLIMIT_NPROC and no writable pids cgroup was found"
         layers = [name for name, on in (("pid namespace", self.pid_namespace), ("Landlock signal scoping", abi >= 6),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import select
 import shutil
 import signal
 import site
@@ -355,7 +354,8 @@ class Sandbox:
         spec = {
             "nonce": nonce, "program": job.program, "tests": list(job.tests), "prelude": job.prelude,
             "setup": job.setup, "bind": dict(job.bind), "data": _wire.encode(job.data), "outputs": list(job.outputs),
-            "test_timeouts": job.test_timeouts, "fail_fast": job.fail_fast, "timeout": lim.timeout, "test_timeout": lim.test_timeout,
+            "test_timeouts": job.test_timeouts, "fail_fast": job.fail_fast, "timeout": lim.timeout,
+            "test_timeout": lim.test_timeout,
             "start_timeout": lim.start_timeout, "max_restarts": lim.max_restarts,
             "wrapper": list(iso.wrapper), "python": _python(), "untrusted_script": str(UNTRUSTED),
             "env": _env(str(work)), "stdout_path": str(io / "program.out"), "stderr_path": str(io / "program.err"),

@@ -1,6 +1,5 @@
 """The sandbox: verdicts only the harness can give, limits that hold, and a host left as it was."""
 import os
-import signal
 import socket
 import time
 

@@ -82,7 +82,8 @@ def test_reward_is_diffucoder_weighted_sum(task, problems):
     ex = problems["HumanEval/53"]
     rewards = task.rewards([ex] * 4, ["", "    return (", "    return x - y\n", ex["canonical_solution"]], "direct")
     assert rewards == [0.0, 0.25, 0.5, 2.5]  # blank / syntax error / parses but fails / passes
-    chat = task.rewards([ex] * 3, ["no code here", "```python\ndef add(x, y)\n```", f"```python\n{ex['prompt']}{ex['canonical_solution']}```"], "chat")
+    answers = ["no code here", "```python\ndef add(x, y)\n```", f"```python\n{ex['prompt']}{ex['canonical_solution']}```"]
+    chat = task.rewards([ex] * 3, answers, "chat")
     assert chat == [0.0, 0.25, 2.5]
 
 

@@ -21,11 +21,14 @@ def by_id(task):
     return {ex["task_id"]: ex for split in task.splits for ex in task.examples(split)}
 
 
-def test_splits_and_protocol(task):
+def test_splits_and_protocol(task, tmp_path):
     assert [len(task.examples(s)) for s in ("train", "validation", "test")] == [3, 1, 4]
     assert task.protocol("direct").shots == 3 and task.protocol("direct").primary_metric == "pass@1"
-    with pytest.raises(UsageError, match="no train file|does not exist"):
-        MBPP(MBPPConfig(data_path=str(FIXTURE / "missing"))).examples("train")
+    with pytest.raises(ValueError, match="does not exist"):
+        MBPPConfig(data_path=str(FIXTURE / "missing"))
+    (tmp_path / "test.jsonl").write_text((FIXTURE / "test.jsonl").read_text())
+    with pytest.raises(UsageError, match="no train file"):
+        MBPP(MBPPConfig(data_path=str(tmp_path))).examples("train")
 
 
 def test_direct_prompt_is_three_shot_lm_eval_format(task, by_id):

@@ -3,6 +3,7 @@ import time
 
 import pytest
 
+from dllm_rl.sandbox import Job, Sandbox
 from dllm_rl.tasks.code_extract import (
     complete_function,
     defines,
@@ -28,10 +29,8 @@ def test_usage_example_block_after_the_solution_is_dropped():
 
 def test_later_definition_wins_like_at_run_time():
     text = "```python\ndef add(a, b):\n    return a - b\n```\nOops, fixed:\n```python\n" + SOLUTION + "\n```"
-    code = extract_code(text)
-    namespace = {}
-    exec(compile(code, "<test>", "exec"), namespace)  # trusted test code, to check the semantics
-    assert namespace["add"](1, 2) == 3
+    verdict = Sandbox(workers=1).run(Job(extract_code(text), ["assert add(1, 2) == 3"]))
+    assert verdict.all_passed
 
 
 @pytest.mark.parametrize("fence", ["```python", "```py", "```Python", "``` python", "```", "~~~python", "```python3"])
@@ -97,9 +96,7 @@ def test_complete_function_keeps_helpers_after_the_body():
     continuation = "    return [_double(x) for x in xs]\n\n\ndef _double(x):\n    return 2 * x\n\nprint(double_all([1]))\ndef broken(\n"
     code = complete_function(prompt, continuation)
     assert defines(code, "_double") and "print" not in code and "broken" not in code
-    namespace = {}
-    exec(compile(code, "<test>", "exec"), namespace)  # trusted test code
-    assert namespace["double_all"]([1, 2]) == [2, 4]
+    assert Sandbox(workers=1).run(Job(code, ["assert double_all([1, 2]) == [2, 4]"])).all_passed
 
 
 def test_complete_function_with_nothing_usable_returns_the_prompt():

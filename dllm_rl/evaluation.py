@@ -40,7 +40,7 @@ def evaluate(adapter: ModelAdapter, task: Task, split: str, lengths: list[int], 
         start = time.perf_counter()
         cfg = SamplerConfig(gen_length=length, block_length=block_length, temperature=0.0)
         texts, _, nfe = generate_texts(adapter, prompts, cfg, batch_size)
-        scores = [task.score(ex, text, style) for ex, text in zip(examples, texts)]
+        scores = task.scores(examples, texts, style)
         row = {name: sum(s[name] for s in scores) / len(scores) for name in scores[0]}
         p = row[primary]
         row[f"{primary}_stderr"] = math.sqrt(max(p * (1 - p), 0.0) / len(scores)) if 0 <= p <= 1 else 0.0

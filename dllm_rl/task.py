@@ -64,6 +64,14 @@ class Task(abc.ABC):
     def score(self, example: Example, completion: str, style: str) -> dict[str, float]:
         """Evaluation metrics of one completion; must contain ``protocol(style).primary_metric``."""
 
+    def rewards(self, examples: list[Example], completions: list[str], style: str) -> list[float]:
+        """Rewards of many completions at once; tasks that execute code override it to run them in parallel."""
+        return [self.reward(ex, text, style) for ex, text in zip(examples, completions)]
+
+    def scores(self, examples: list[Example], completions: list[str], style: str) -> list[dict[str, float]]:
+        """Metrics of many completions at once (same override point as :meth:`rewards`)."""
+        return [self.score(ex, text, style) for ex, text in zip(examples, completions)]
+
     @abc.abstractmethod
     def protocol(self, style: str) -> EvalProtocol:
         """The evaluation protocol for a prompt style."""

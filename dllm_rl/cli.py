@@ -23,6 +23,8 @@ RUN_OPTIONS = [
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. optim.lr=1e-4 (repeatable)."),
     click.option("--results-dir", default=None, help="Where the results JSON goes. Default: results/."),
     click.option("--run-dir", default=None, help="Where checkpoints and metrics go. Default: runs/."),
+    click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder "
+                 "(written every output.checkpoint_every steps)."),
 ]
 
 
@@ -53,10 +55,15 @@ def _progress():
                     TimeRemainingColumn(), console=console, transient=False)
 
 
-def _execute(run, train: bool, final_eval: bool):
+def _execute(run, train: bool, final_eval: bool, resume: bool = False):
+    import torch
+    from accelerate import PartialState
+
     from .pipeline import run_pipeline
 
     _quiet_libraries()
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:  # under `accelerate launch` only process 0 talks
+        return run_pipeline(run, train=train, final_eval=final_eval, resume=resume)
     console.print(f"[bold]dllm-rl[/] {'run' if final_eval else 'train'}: model={run.model.name} task={run.task.name} "
                   f"algorithm={run.algorithm.name} seed={run.seed} steps={run.optim.max_steps}")
     with _progress() as progress:
@@ -70,7 +77,7 @@ def _execute(run, train: bool, final_eval: bool):
                 console.print(f"step {step + 1}/{run.optim.max_steps} reward {m['reward']:.3f} kl {m.get('kl', 0):.2e} "
                               f"clip {m.get('clip_frac', 0):.2f} grad_norm {m.get('grad_norm', 0):.3f} {m['seconds']:.2f}s")
 
-        result = run_pipeline(run, progress=progress, on_step=on_step, train=train, final_eval=final_eval)
+        result = run_pipeline(run, progress=progress, on_step=on_step, train=train, final_eval=final_eval, resume=resume)
     _print_summary(result)
     return result
 
@@ -106,18 +113,18 @@ def cli():
 
 @cli.command()
 @run_options
-def run(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+def run(algo, task, model, seed, recipe, sets, results_dir, run_dir, resume):
     """Train with an RL algorithm, then evaluate; writes one results file."""
-    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir), train=True, final_eval=True)
+    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir), train=True, final_eval=True, resume=resume)
 
 
 @cli.command()
 @run_options
-def train(algo, task, model, seed, recipe, sets, results_dir, run_dir):
+def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, resume):
     """Train only (checkpoint in the run folder); no test-split evaluation."""
     run_cfg = _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir)
     run_cfg.eval.base = False
-    _execute(run_cfg, train=True, final_eval=False)
+    _execute(run_cfg, train=True, final_eval=False, resume=resume)
 
 
 @cli.command()

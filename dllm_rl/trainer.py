@@ -74,12 +74,15 @@ class Trainer:
         self.sharded_states = self.deepspeed or acc.distributed_type == DistributedType.FSDP
         if self.deepspeed:  # our loop decides batch sizes, accumulation and clipping, not the DS config
             ds = acc.state.deepspeed_plugin.deepspeed_config
-            ds["train_micro_batch_size_per_gpu"] = min(o.micro_batch_size, local_rows)
+            micro = min(o.micro_batch_size, local_rows)
+            ds["train_micro_batch_size_per_gpu"] = micro
             ds["gradient_accumulation_steps"] = self.num_micro
+            ds["train_batch_size"] = micro * self.num_micro * acc.num_processes  # DeepSpeed's consistency check
             ds["gradient_clipping"] = o.grad_clip
-            ds.pop("train_batch_size", None)
             acc.gradient_accumulation_steps = self.num_micro
 
+        if fsdp1 and ckpt.is_peft(adapter.model):  # the FSDP1 wrapper hides peft's disable_adapter
+            raise UsageError("LoRA under FSDP needs FSDP2: set fsdp_version: 2 (as dllm_rl/accelerate_configs/fsdp.yaml does)")
         adapter.freeze_reference()  # before wrapping: the reference is the starting policy
         params = [p for p in adapter.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)

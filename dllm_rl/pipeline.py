@@ -14,7 +14,6 @@ import torch
 from . import __version__, registry
 from .config import RunConfig, from_dict, load_yaml, merge, parse_override, set_path, to_dict
 from .errors import UsageError
-from .evaluation import evaluate
 from .models.adapter import ModelAdapter
 from .results import SCHEMA, result_filename, without_seconds, write_result
 from .rl.algorithm import Algorithm

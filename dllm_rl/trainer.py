@@ -49,6 +49,9 @@ class TrainState:
 
 
 class Trainer:
+    """One RL run on this process's share of the work: ``start`` (fresh or ``--resume``), ``train``,
+    ``evaluate`` (sharded), ``save`` (Hugging Face export) and full-state checkpoints."""
+
     def __init__(self, run: RunConfig, adapter: ModelAdapter, task: Task, algorithm: Algorithm,
                  gen_length: int, run_dir: Path | None = None, on_step: Callable[[int, dict], None] | None = None):
         from accelerate import Accelerator

@@ -25,6 +25,8 @@ RUN_OPTIONS = [
     click.option("--run-dir", default=None, help="Where checkpoints and metrics go. Default: runs/."),
     click.option("--trust-remote-code", is_flag=True, default=False,
                  help="Allow an hf: model to run Python code shipped with its checkpoint (off by default)."),
+    click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run folder "
+                 "(written every output.checkpoint_every steps)."),
 ]
 
 
@@ -57,10 +59,15 @@ def _progress():
                     TimeRemainingColumn(), console=console, transient=False)
 
 
-def _execute(run, train: bool, final_eval: bool):
+def _execute(run, train: bool, final_eval: bool, resume: bool = False):
+    import torch
+    from accelerate import PartialState
+
     from .pipeline import run_pipeline
 
     _quiet_libraries()
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:  # under `accelerate launch` only process 0 talks
+        return run_pipeline(run, train=train, final_eval=final_eval, resume=resume)
     console.print(f"[bold]dllm-rl[/] {'run' if final_eval else 'train'}: model={run.model.name} task={run.task.name} "
                   f"algorithm={run.algorithm.name} seed={run.seed} steps={run.optim.max_steps}")
     with _progress() as progress:
@@ -74,7 +81,7 @@ def _execute(run, train: bool, final_eval: bool):
                 console.print(f"step {step + 1}/{run.optim.max_steps} reward {m['reward']:.3f} kl {m.get('kl', 0):.2e} "
                               f"clip {m.get('clip_frac', 0):.2f} grad_norm {m.get('grad_norm', 0):.3f} {m['seconds']:.2f}s")
 
-        result = run_pipeline(run, progress=progress, on_step=on_step, train=train, final_eval=final_eval)
+        result = run_pipeline(run, progress=progress, on_step=on_step, train=train, final_eval=final_eval, resume=resume)
     _print_summary(result)
     return result
 
@@ -110,18 +117,19 @@ def cli():
 
 @cli.command()
 @run_options
-def run(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code):
+def run(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code, resume):
     """Train with an RL algorithm, then evaluate; writes one results file."""
-    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code), train=True, final_eval=True)
+    _execute(_resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code), train=True,
+             final_eval=True, resume=resume)
 
 
 @cli.command()
 @run_options
-def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code):
+def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code, resume):
     """Train only (checkpoint in the run folder); no test-split evaluation."""
     run_cfg = _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code)
     run_cfg.eval.base = False
-    _execute(run_cfg, train=True, final_eval=False)
+    _execute(run_cfg, train=True, final_eval=False, resume=resume)
 
 
 @cli.command()

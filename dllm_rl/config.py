@@ -106,6 +106,15 @@ class EvalConfig:
     max_examples: int | None = None
     base: bool = True
     """Also score the untrained base model under the same protocol (the delta row)."""
+    select: str = "last"
+    """Weights the final evaluation scores: ``last`` (end of training) or ``best`` (highest validation
+    score; needs ``every`` > 0). Selection only ever looks at ``val_split``, never at ``split``."""
+
+    def __post_init__(self):
+        if self.select not in ("last", "best"):
+            raise ValueError(f"select must be last or best, got {self.select!r}")
+        if self.val_split == self.split:
+            raise ValueError(f"val_split must differ from split ({self.split!r}): checkpoints are never selected on the test split")
 
 
 @dataclass
@@ -113,7 +122,20 @@ class OutputConfig:
     results_dir: str = "results"
     run_dir: str = "runs"
     checkpoint_every: int = 0
+    """Write a full-state checkpoint (weights, optimizer, RNG, step, curve) every N steps (0 = never)."""
+    keep_checkpoints: int = 2
+    """Retention: keep the last K step checkpoints (0 = keep all); the best-validation one is kept apart."""
     save_model: bool = True
+    completions: str = "jsonl"
+    """Per-step log of prompts, completions, rewards and advantages: jsonl, jsonl.gz or none."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers through accelerate, e.g. [tensorboard] or [wandb]."""
+
+    def __post_init__(self):
+        if self.completions not in ("jsonl", "jsonl.gz", "none"):
+            raise ValueError(f"completions must be jsonl, jsonl.gz or none, got {self.completions!r}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
+            raise ValueError("checkpoint_every and keep_checkpoints must be >= 0")
 
 
 @dataclass

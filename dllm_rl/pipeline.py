@@ -14,7 +14,6 @@ import torch
 from . import __version__, registry
 from .config import RunConfig, from_dict, load_yaml, merge, parse_override, set_path, to_dict
 from .errors import UsageError
-from .evaluation import evaluate
 from .models.adapter import ModelAdapter
 from .results import SCHEMA, result_filename, without_seconds, write_result
 from .rl.algorithm import Algorithm
@@ -100,29 +99,44 @@ def versions() -> dict[str, str]:
             "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True, final_eval: bool = True) -> dict[str, Any]:
-    """Train then evaluate; writes and returns the results dict (``_path`` holds the file written)."""
+def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True, final_eval: bool = True,
+                 resume: bool = False) -> dict[str, Any]:
+    """Train then evaluate; writes and returns the results dict (``_path`` holds the file written).
+
+    Under ``accelerate launch`` every process runs this; rollouts and evaluations are sharded, and
+    only the main process writes files. ``resume`` continues from the run folder's newest checkpoint."""
+    from accelerate import PartialState
+
+    from .runlog import write_run_info
     from .trainer import Trainer
 
+    procs = PartialState(cpu=not torch.cuda.is_available())
     results_dir = _writable(run.output.results_dir)
     run_name = result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed)[:-5]
     run_dir = _writable(run.output.run_dir) / run_name
     task, algorithm = build_task(run), build_algorithm(run)
     timing: dict[str, Any] = {}
     t0 = time.perf_counter()
-    adapter = load_model(run, task, progress)
+    with procs.main_process_first():  # a family that builds and caches its base model does it once
+        adapter = load_model(run, task, progress if procs.is_main_process else None)
     style = adapter.prompt_style
     gen_length = gen_length_of(run, task, style)
     protocol = task.protocol(style)
     lengths = run.eval.lengths or list(protocol.lengths)
     timing["model_s"] = round(time.perf_counter() - t0, 2)
     e = run.eval
+    trainer = Trainer(run, adapter, task, algorithm, gen_length, run_dir=run_dir, on_step=on_step)
+    resumed_from = trainer.start(resume)
+    if procs.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_info(run_dir, to_dict(run), {"num_processes": procs.num_processes,
+                                               "distributed_type": str(procs.distributed_type),
+                                               "resumed_from": None if resumed_from is None else str(resumed_from)})
     base = None
     if e.base:
         t = time.perf_counter()
-        base = evaluate(adapter, task, e.split, lengths, e.batch_size, e.max_examples, run.rollout.block_length)
+        base = _base_metrics(trainer, run_dir, e.split, lengths, reuse=resume)
         timing["base_eval_s"] = round(time.perf_counter() - t, 2)
-    trainer = Trainer(run, adapter, task, algorithm, gen_length, run_dir=run_dir, on_step=on_step)
     state = None
     if train:
         t = time.perf_counter()
@@ -132,10 +146,14 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         if run.output.save_model:
             trainer.save(run_dir / "final")
     metrics = None
+    evaluated = "last"
     if final_eval:
+        if e.select == "best":
+            evaluated = f"best (validation, step {trainer.load_best()})"
         t = time.perf_counter()
-        metrics = evaluate(adapter, task, e.split, lengths, e.batch_size, e.max_examples, run.rollout.block_length)
+        metrics = trainer.evaluate(e.split, lengths)
         timing["eval_s"] = round(time.perf_counter() - t, 2)
+    trainer.finish()
     timing["total_s"] = round(time.perf_counter() - t0, 2)
     timing["eval_seconds"] = {k: round(row["seconds"], 2) for k, row in (metrics or {}).items()}
     r = run.rollout
@@ -153,10 +171,36 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         "metrics": without_seconds(metrics),
         "training": None if state is None else {
             "steps": state.step, "rollouts_per_step": r.num_prompts * r.group_size, "gen_length": gen_length,
-            "rollout_nfe_per_sample": state.rollout_nfe, "curve": state.curve, "validation": state.validation},
+            "rollout_nfe_per_sample": state.rollout_nfe, "curve": state.curve, "validation": state.validation,
+            "best_validation": state.best, "evaluated_weights": evaluated},
         "timing": timing,
     }
     path = results_dir / f"{run_name}.json"
-    write_result(path, result)
+    if procs.is_main_process:
+        write_result(path, result)
+    procs.wait_for_everyone()
     result["_path"] = str(path)
     return result
+
+
+def _base_metrics(trainer, run_dir: Path, split: str, lengths: list[int], reuse: bool) -> dict[str, Any]:
+    """The base model's scores (the frozen reference policy, so also right after a resume); a
+    resumed run reuses the ones its first launch saved in the run folder."""
+    import json
+
+    from .results import atomic_write_text
+
+    path = run_dir / "base_metrics.json"
+    key = {"split": split, "lengths": lengths, "max_examples": trainer.run.eval.max_examples,
+           "block_length": trainer.run.rollout.block_length}
+    if reuse:
+        try:
+            saved = json.loads(path.read_text())
+            if saved["key"] == key:
+                return saved["metrics"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    metrics = trainer.evaluate(split, lengths, base=True)
+    if trainer.is_main:
+        atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+    return metrics

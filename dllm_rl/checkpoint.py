@@ -1,0 +1,180 @@
+"""Full-state checkpoints on disk: layout, manifest, retention, policy weights, resume checks.
+
+A checkpoint is a folder ``<run_dir>/checkpoints/step-NNNNNN`` written atomically (temporary sibling,
+then rename) holding accelerate's state (optimizer, scheduler, per-process RNG states, and the
+sharded model for FSDP/DeepSpeed), the policy's trainable weights (``model.safetensors`` for full
+fine-tuning, ``adapter_model.safetensors`` for LoRA), ``trainer_state.json`` (step, data position,
+curve, validation, best) and, written last, ``manifest.json`` with every file's size and CRC-32."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import UsageError
+from .results import atomic_write_text
+
+FORMAT = 1
+STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+BEST = "best"
+RESUME_FREE = ("optim.max_steps", "output.", "eval.")
+"""Settings a resumed run may change: they do not alter the training trajectory up to the checkpoint."""
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return checkpoints_dir(run_dir) / f"step-{step:06d}"
+
+
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every finished step checkpoint, oldest first (temporary folders are hidden)."""
+    folder = checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def latest(run_dir: Path) -> Path:
+    """The newest step checkpoint of a run, or a one-line UsageError when there is none."""
+    found = step_checkpoints(run_dir)
+    if not found:
+        raise UsageError(f"--resume: no checkpoint in {str(checkpoints_dir(run_dir))!r} (runs write one every "
+                         "output.checkpoint_every steps; run without --resume to start afresh)")
+    return found[-1][1]
+
+
+def crc32(path: Path) -> str:
+    """CRC-32 of a file (~2 GB/s): catches flipped or zeroed bytes that keep the size."""
+    value = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            value = zlib.crc32(chunk, value)
+    return f"{value:08x}"
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file's size and checksum; written last, so a checkpoint with a valid manifest
+    is complete."""
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "crc32": crc32(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    atomic_write_text(folder / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=1, sort_keys=True))
+
+
+def verify(folder: Path, checksums: bool = True) -> dict[str, Any]:
+    """The checkpoint's trainer state after checking the manifest (sizes, and checksums unless
+    ``checksums`` is off); UsageError naming what is wrong."""
+    def corrupt(why: str) -> UsageError:
+        return UsageError(f"checkpoint {str(folder)!r} is corrupt or incomplete ({why}); delete it to resume "
+                          "from an earlier one, or run without --resume")
+
+    if not folder.is_dir():
+        raise UsageError(f"checkpoint {str(folder)!r} does not exist")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise corrupt(f"no {MANIFEST}") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise corrupt(f"unreadable {MANIFEST}") from None
+    try:
+        for name, info in files.items():
+            path = folder / name
+            if not path.is_file():
+                raise corrupt(f"missing {name}")
+            if path.stat().st_size != info["bytes"]:
+                raise corrupt(f"{name} has {path.stat().st_size} bytes, expected {info['bytes']}")
+            if checksums and crc32(path) != info["crc32"]:
+                raise corrupt(f"{name} does not match its checksum")
+    except (KeyError, TypeError, AttributeError):
+        raise corrupt(f"unreadable {MANIFEST}") from None
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        int(state["step"]), state["config"], state["train_state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise corrupt(f"unreadable {STATE_FILE}") from None
+    if state.get("format") != FORMAT:
+        raise corrupt(f"format {state.get('format')!r}, this dllm-rl reads format {FORMAT}")
+    return state
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Settings that differ between a checkpoint's config and the current one, except RESUME_FREE."""
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    free = lambda k: any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE)
+    return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
+            if not free(k) and a.get(k) != b.get(k)]
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step checkpoints (0 = keep all). Each folder is renamed to
+    a hidden name first, so a crash mid-delete never leaves a half-deleted checkpoint visible."""
+    found = step_checkpoints(run_dir)
+    if keep <= 0 or len(found) <= keep:
+        return
+    for _, path in found[:-keep]:
+        doomed = path.with_name(f".deleting-{path.name}")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_temporary(run_dir: Path) -> None:
+    """Remove hidden leftovers of interrupted writes or deletes (never a finished checkpoint)."""
+    folder = checkpoints_dir(run_dir)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+# -- the policy's trainable weights ---------------------------------------------------------------
+
+def is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def save_policy(model: torch.nn.Module, folder: Path) -> None:
+    """Trainable weights: LoRA adapters in peft's format, else the whole model (tied weights once)."""
+    if is_peft(model):
+        model.save_pretrained(folder)
+        return
+    from safetensors.torch import save_model
+
+    save_model(model, str(folder / "model.safetensors"))
+    if hasattr(model, "config") and hasattr(model.config, "save_pretrained"):
+        model.config.save_pretrained(folder)  # the folder loads with from_pretrained too
+
+
+def load_policy(model: torch.nn.Module, folder: Path) -> None:
+    """Inverse of ``save_policy``: strict, every trainable weight must be present."""
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(model, weights)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"adapter weights do not fit the model: unexpected {unexpected[:3]}")
+        return
+    from safetensors.torch import load_model
+
+    load_model(model, str(folder / "model.safetensors"), strict=True)

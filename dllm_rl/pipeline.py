@@ -67,7 +67,9 @@ def build_task(run: RunConfig) -> Task:
 
 def build_algorithm(run: RunConfig) -> Algorithm:
     cls = registry.get("algorithms", run.algorithm.name).load()
-    return cls(_plugin_config(cls, run.algorithm.params, "algorithm"), seed=run.seed)
+    algorithm = cls(_plugin_config(cls, run.algorithm.params, "algorithm"), seed=run.seed)
+    algorithm.rollout = run.rollout
+    return algorithm
 
 
 def load_model(run: RunConfig, task: Task, progress=None) -> ModelAdapter:

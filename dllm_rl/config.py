@@ -88,6 +88,9 @@ class OutputConfig:
     run_dir: str = "runs"
     checkpoint_every: int = 0
     save_model: bool = True
+    label: str = ""
+    """Name of a configuration variant (e.g. k1): part of the results file name and shown by compare,
+    which averages seeds of the same model + algorithm + label."""
 
 
 @dataclass

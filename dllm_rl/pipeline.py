@@ -107,7 +107,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     from .trainer import Trainer
 
     results_dir = _writable(run.output.results_dir)
-    run_name = result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed)[:-5]
+    run_name = result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed, run.output.label)[:-5]
     run_dir = _writable(run.output.run_dir) / run_name
     task, algorithm = build_task(run), build_algorithm(run)
     timing: dict[str, Any] = {}
@@ -144,6 +144,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     result = {
         "schema": SCHEMA,
         "model": run.model.name, "task": run.task.name, "algorithm": run.algorithm.name, "seed": run.seed,
+        "label": run.output.label,
         "config": to_dict(run),
         "algorithm_config": dataclasses.asdict(algorithm.config),
         "task_config": dataclasses.asdict(task.config),

@@ -120,3 +120,16 @@ def test_each_invocation_is_recorded(tmp_path):
     assert len(lines) == 2
     entry = json.loads(lines[1])
     assert entry["runs"][0] == "tiny__sudoku__espo__seed0.json" and entry["grid"]["seeds"] == [0, 1] and entry["ran"] == 1
+
+
+@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms"])
+def test_shipped_experiment_grids_resolve(name, tmp_path):
+    from pathlib import Path
+
+    g = sweep.load_grid(str(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"))
+    g.out = str(tmp_path)
+    jobs = sweep.plan(g)
+    assert jobs and all(j.status == "todo" for j in jobs) and len({j.path for j in jobs}) == len(jobs)
+    if name == "ablation-action-likelihood":
+        cells = {(j.run.algorithm.params.get("action", "sequence"), j.run.algorithm.params.get("likelihood", "elbo")) for j in jobs}
+        assert cells == {("sequence", "elbo"), ("sequence", "mean_field"), ("token", "elbo"), ("token", "mean_field")}

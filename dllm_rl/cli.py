@@ -1,4 +1,4 @@
-"""The ``dllm-rl`` command line: run (train then evaluate), train, evaluate, compare, list, pretrain."""
+"""The ``dllm-rl`` command line: run (train then evaluate), train, evaluate, compare, sweep, list, pretrain."""
 from __future__ import annotations
 
 import csv
@@ -226,27 +226,104 @@ def merge(model, adapter, out, sets):
 @cli.command()
 @click.argument("results_dir", type=click.Path(), default="results")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table")
-def compare(results_dir, fmt):
-    """Leaderboard of all results files in RESULTS_DIR (paper-style table with deltas vs base)."""
+@click.option("--error", type=click.Choice(["std", "sem"]), default="std", show_default=True,
+              help="Error bar over seeds: sample standard deviation or standard error of the mean.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write training-curve PNGs (one per task) into this folder.")
+@click.option("--plot-metric", "plot_metrics", multiple=True, default=("reward",), show_default=True,
+              help="Training-curve field to plot (repeatable), e.g. reward, kl, grad_norm, clip_frac.")
+@click.option("--smooth", type=int, default=1, show_default=True, help="Moving-average window (steps) for the curves.")
+def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth):
+    """Leaderboard of all results files in RESULTS_DIR (paper-style table with deltas vs base): seeds of
+    the same model + algorithm (+ variant label) averaged, mean ± std (or sem) with n seeds."""
     from .results import leaderboard, load_results
 
-    header, rows = leaderboard(load_results(results_dir))
+    results = load_results(results_dir)
+    header, rows = leaderboard(results, error=error)
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf).writerows([header, *rows])
         click.echo(buf.getvalue(), nl=False)
     elif fmt == "markdown":
+        click.echo(f"Accuracy in %, mean ± {error} over n seeds.\n")
         click.echo("| " + " | ".join(header) + " |")
         click.echo("|" + "---|" * len(header))
         for row in rows:
             click.echo("| " + " | ".join(row) + " |")
     else:
-        table = Table(title=f"dllm-rl results ({results_dir}); accuracy in %, mean ± std over seeds")
+        table = Table(title=f"dllm-rl results ({results_dir}); accuracy in %, mean ± {error} over n seeds")
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i < 2 else "right")
         for row in rows:
             table.add_row(*row, style="bold" if row[1].startswith("Δ") else None)
         console.print(table)
+    if plots_dir:
+        from .plots import plot_curves
+
+        written = [p for key in plot_metrics for p in plot_curves(results, plots_dir, key, smooth, error)]
+        if not written:
+            raise UsageError(f"no training curves with {', '.join(plot_metrics)} in {results_dir} (runs with training record them)")
+        for path in written:
+            err_console.print(f"plot: {path}")
+
+
+@cli.command()
+@click.option("--grid", "grid_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML grid (algorithms, tasks, seeds, model, recipe, set, variants, out, run_dir); options below extend it.")
+@click.option("--algo", "--algorithm", "algos", multiple=True, help="Algorithm(s), repeatable or comma-separated.")
+@click.option("--task", "tasks", multiple=True, help="Task(s), repeatable or comma-separated.")
+@click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2 (default: the grid's, else 0).")
+@click.option("--model", default=None, help="Model family or alias. Default: tiny.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe applied to every run.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Setting for every run (repeatable).")
+@click.option("--variant", "variants", multiple=True, metavar="LABEL:KEY=VALUE",
+              help="Run every algorithm/task/seed once per labelled variant (instead of once plainly); repeat a label "
+                   "to give it several settings, e.g. k1:algorithm.kl=k1; 'LABEL:' alone adds no setting.")
+@click.option("--out", default=None, help="Results folder (default: the grid's, else results/).")
+@click.option("--run-dir", default=None, help="Where checkpoints and metrics go. Default: runs/.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Runs in parallel (worker processes).")
+@click.option("--force", is_flag=True, help="Rerun runs whose results already exist (also ones with another configuration).")
+@click.option("--dry-run", is_flag=True, help="Only list the runs and whether each is done.")
+def sweep(grid_file, algos, tasks, seeds, model, recipe, sets, variants, out, run_dir, workers, force, dry_run):
+    """Run a grid of algorithms x tasks x seeds (x variants), one results file each, skipping the ones
+    already done; `dllm-rl compare OUT` then averages the seeds."""
+    import time
+
+    from .sweep import Grid, execute, load_grid, plan, record
+
+    started = time.time()
+    grid = load_grid(grid_file) if grid_file else Grid()
+    split = lambda values: [v.strip() for value in values for v in value.split(",") if v.strip()]
+    if algos:
+        grid.algorithms = {a: grid.algorithms.get(a, []) for a in split(algos)}
+    if tasks:
+        grid.tasks = split(tasks)
+    if seeds:
+        try:
+            grid.seeds = [int(s) for s in split([seeds])]
+        except ValueError:
+            raise UsageError(f"bad --seeds {seeds!r}: expected comma-separated integers such as 0,1,2") from None
+    grid.model, grid.recipe = model or grid.model, recipe or grid.recipe
+    grid.sets = [*grid.sets, *sets]
+    for v in variants:
+        label, sep, setting = v.partition(":")
+        if not sep or (setting.strip() and "=" not in setting):
+            raise UsageError(f"bad --variant {v!r}: expected LABEL:KEY=VALUE, e.g. k1:algorithm.kl=k1")
+        grid.variants.setdefault(label.strip(), []).extend([setting.strip()] if setting.strip() else [])
+    grid.out, grid.run_dir = out or grid.out, run_dir or grid.run_dir
+    jobs = plan(grid, force=force)
+    if dry_run:
+        for i, j in enumerate(jobs):
+            console.print(f"[{i + 1}/{len(jobs)}] {j.name}: {j.status}{f' ({j.detail})' if j.detail else ''} -> {j.path}",
+                          markup=False, highlight=False)
+        return
+    _quiet_libraries()
+    counts = execute(jobs, workers, log=lambda line: console.print(line, markup=False, highlight=False))
+    record(grid.out, grid, jobs, counts, started)
+    console.print(f"sweep: {counts['ran']} ran, {counts['skipped']} skipped (done), {counts['failed']} failed; "
+                  f"results in {grid.out} (`dllm-rl compare {grid.out}`)")
+    if counts["failed"]:
+        sys.exit(1)
 
 
 @cli.command(name="list")

@@ -126,6 +126,9 @@ class OutputConfig:
     keep_checkpoints: int = 2
     """Retention: keep the last K step checkpoints (0 = keep all); the best-validation one is kept apart."""
     save_model: bool = True
+    label: str = ""
+    """Name of a configuration variant (e.g. k1): part of the results file name and shown by compare,
+    which averages seeds of the same model + algorithm + label."""
     completions: str = "jsonl"
     """Per-step log of prompts, completions, rewards and advantages: jsonl, jsonl.gz or none."""
     report_to: list[str] = field(default_factory=list)

@@ -66,7 +66,9 @@ def build_task(run: RunConfig) -> Task:
 
 def build_algorithm(run: RunConfig) -> Algorithm:
     cls = registry.get("algorithms", run.algorithm.name).load()
-    return cls(_plugin_config(cls, run.algorithm.params, "algorithm"), seed=run.seed)
+    algorithm = cls(_plugin_config(cls, run.algorithm.params, "algorithm"), seed=run.seed)
+    algorithm.rollout = run.rollout
+    return algorithm
 
 
 def load_model(run: RunConfig, task: Task, progress=None) -> ModelAdapter:
@@ -112,7 +114,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
 
     procs = PartialState(cpu=not torch.cuda.is_available())
     results_dir = _writable(run.output.results_dir)
-    run_name = result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed)[:-5]
+    run_name = result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed, run.output.label)[:-5]
     run_dir = _writable(run.output.run_dir) / run_name
     task, algorithm = build_task(run), build_algorithm(run)
     timing: dict[str, Any] = {}
@@ -160,6 +162,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     result = {
         "schema": SCHEMA,
         "model": run.model.name, "task": run.task.name, "algorithm": run.algorithm.name, "seed": run.seed,
+        "label": run.output.label,
         "config": to_dict(run),
         "algorithm_config": dataclasses.asdict(algorithm.config),
         "task_config": dataclasses.asdict(task.config),

@@ -15,14 +15,14 @@ TIMING_KEYS = ("timing",)
 """Fields that legitimately differ between two identical runs (wall-clock); all else is reproducible."""
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and an atomic rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -31,14 +31,21 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write via a temporary file in the same folder and an atomic rename: never a half-written file."""
+    atomic_write_bytes(path, text.encode())
+
+
 def write_result(path: str | Path, result: dict[str, Any]) -> Path:
     atomic_write_text(path, json.dumps(result, indent=1, sort_keys=True) + "\n")
     return Path(path)
 
 
-def result_filename(model: str, task: str, algorithm: str, seed: int) -> str:
+def result_filename(model: str, task: str, algorithm: str, seed: int, label: str = "") -> str:
+    """``model__task__algorithm[__label]__seedN.json``: the label keeps variants of one algorithm apart."""
     safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
-    return f"{safe(model)}__{safe(task)}__{safe(algorithm)}__seed{seed}.json"
+    variant = f"__{safe(label)}" if label else ""
+    return f"{safe(model)}__{safe(task)}__{safe(algorithm)}{variant}__seed{seed}.json"
 
 
 def load_results(folder: str | Path) -> list[dict[str, Any]]:
@@ -57,25 +64,53 @@ def load_results(folder: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(values: list[float], scale: float = 100.0) -> str:
+ERRORS = ("std", "sem")
+
+
+def spread(values: list[float], error: str = "std") -> float:
+    """Sample standard deviation over seeds (``std``) or the standard error of their mean (``sem``)."""
+    if error not in ERRORS:
+        raise UsageError(f"unknown error bar {error!r}; valid: {', '.join(ERRORS)}")
+    if len(values) < 2:
+        return 0.0
+    sd = statistics.stdev(values)
+    return sd / len(values) ** 0.5 if error == "sem" else sd
+
+
+def _fmt(values: list[float], scale: float = 100.0, error: str = "std") -> str:
     if not values:
         return "-"
     mean = statistics.fmean(values) * scale
     if len(values) == 1:
         return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}"
+    return f"{mean:.1f} ± {spread(values, error) * scale:.1f}"
 
 
-def leaderboard(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Paper-style table: one row per model + algorithm (mean ± std over seeds, in %), one column per
-    task x length (primary metric; secondary metrics such as Sudoku's cell accuracy in their own
-    columns), a base-model row per model and a delta row per algorithm against that base."""
+def group_name(result: dict[str, Any]) -> str:
+    """How a run's algorithm is shown: its name, plus the variant label when it has one."""
+    label = result.get("label") or ""
+    return f"{result['algorithm']} [{label}]" if label else result["algorithm"]
+
+
+def _seeds(counts: list[int]) -> str:
+    counts = [c for c in counts if c]
+    if not counts:
+        return "-"
+    return str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+
+
+def leaderboard(results: list[dict[str, Any]], error: str = "std") -> tuple[list[str], list[list[str]]]:
+    """Paper-style table: one row per model + algorithm (+ variant label), mean ± ``error`` over seeds in
+    %, one column per task x length (primary metric; secondary metrics such as Sudoku's cell accuracy
+    in their own columns), a base-model row per model, a delta row per algorithm against that base, and
+    a last column ``n``: the number of seeds (runs) averaged (a range when tasks differ)."""
     if not results:
         raise UsageError("no results files found (expected *.json written by `dllm-rl run`)")
+    spread([], error)  # validate the choice before any work
     columns: list[tuple[str, str, str]] = []  # (task, length, metric)
     for r in results:
         task, primary = r["task"], r["protocol"]["primary_metric"]
-        for length, row in r["metrics"].items():
+        for length, row in (r["metrics"] or {}).items():
             metrics = [primary] + sorted(k for k in row if k not in (primary, "n", "nfe", "seconds") and not k.endswith("_stderr"))
             for m in metrics:
                 if (task, length, m) not in columns:
@@ -83,26 +118,57 @@ def leaderboard(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str
     columns.sort(key=lambda c: (c[0], int(c[1]), c[2] != _primary(results, c[0]), c[2]))
 
     def values(rs, source, col):
-        return [r[source][col[1]][col[2]] for r in rs if r["task"] == col[0] and col[1] in r.get(source, {}) and col[2] in r[source][col[1]]]
+        return [r[source][col[1]][col[2]] for r in rs
+                if r["task"] == col[0] and col[1] in (r.get(source) or {}) and col[2] in r[source][col[1]]]
 
-    header = ["model", "algorithm"] + [f"{t} L={l}" + ("" if m == _primary(results, t) else f" {m}") for t, l, m in columns]
+    header = ["model", "algorithm"] + [f"{t} L={l}" + ("" if m == _primary(results, t) else f" {m}") for t, l, m in columns] + ["n"]
     rows: list[list[str]] = []
     for model in sorted({r["model"] for r in results}):
         mine = [r for r in results if r["model"] == model]
-        rows.append([model, "(base)"] + [_fmt(values(mine, "base", c)) for c in columns])
-        for algo in sorted({r["algorithm"] for r in mine}):
-            runs = [r for r in mine if r["algorithm"] == algo]
-            rows.append([model, algo] + [_fmt(values(runs, "metrics", c)) for c in columns])
+        rows.append([model, "(base)"] + [_fmt(values(mine, "base", c), error=error) for c in columns] + ["-"])
+        for name in sorted({group_name(r) for r in mine}):
+            runs = [r for r in mine if group_name(r) == name]
+            counts = [len(values(runs, "metrics", c)) for c in columns]
+            rows.append([model, name] + [_fmt(values(runs, "metrics", c), error=error) for c in columns] + [_seeds(counts)])
             deltas = []
             for c in columns:
                 after, before = values(runs, "metrics", c), values(runs, "base", c)
                 deltas.append(f"{(statistics.fmean(after) - statistics.fmean(before)) * 100:+.1f}" if after and before else "-")
-            rows.append([model, f"Δ {algo} vs base"] + deltas)
+            rows.append([model, f"Δ {name} vs base"] + deltas + [_seeds(counts)])
     return header, rows
 
 
 def _primary(results, task: str) -> str:
     return next(r["protocol"]["primary_metric"] for r in results if r["task"] == task)
+
+
+def curves(results: list[dict[str, Any]], key: str = "reward", smooth: int = 1,
+           error: str = "std") -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Training curves of ``key`` (a field of each step's metrics) per task and per model + algorithm
+    (+ label): ``{task: {name: {"step", "mean", "err", "n"}}}``, each seed's curve first smoothed by a
+    trailing moving average of ``smooth`` steps, then averaged over the seeds that reached each step."""
+    if smooth < 1:
+        raise UsageError(f"--smooth must be at least 1, got {smooth}")
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    groups: dict[tuple[str, str], list[list[tuple[int, float]]]] = {}
+    for r in results:
+        points = [(p["step"], p[key]) for p in ((r.get("training") or {}).get("curve") or []) if key in p]
+        if not points:
+            continue
+        ys = [y for _, y in points]
+        smoothed = [statistics.fmean(ys[max(0, i - smooth + 1): i + 1]) for i in range(len(ys))]
+        name = f"{r['model']} + {group_name(r)}"
+        groups.setdefault((r["task"], name), []).append([(s, y) for (s, _), y in zip(points, smoothed)])
+    for (task, name), seeds in sorted(groups.items()):
+        by_step: dict[int, list[float]] = {}
+        for seed in seeds:
+            for step, y in seed:
+                by_step.setdefault(step, []).append(y)
+        steps = sorted(by_step)
+        out.setdefault(task, {})[name] = {
+            "step": [float(s) for s in steps], "mean": [statistics.fmean(by_step[s]) for s in steps],
+            "err": [spread(by_step[s], error) for s in steps], "n": [float(len(by_step[s])) for s in steps]}
+    return out
 
 
 def atomic_write_dir(path: str | Path, write) -> Path:

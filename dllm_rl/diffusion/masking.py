@@ -63,3 +63,44 @@ def prompt_masks(key: tuple, rows: torch.Tensor, prompt_mask: torch.Tensor, p_ma
     width = prompt_mask.shape[1]
     draws = torch.stack([torch.rand(width, generator=keyed_generator(*key, "prompt", int(r))) for r in rows])
     return (draws < p_mask) & prompt_mask.bool()
+
+
+def block_masks(key: tuple, rows: torch.Tensor, valid_lengths: torch.Tensor, length: int, block_length: int,
+                num_samples: int) -> torch.Tensor:
+    """SPG's block-wise masks [B, P, L] (P = ``num_samples``), shaped like a semi-autoregressive
+    denoising state: pick a block b among those holding valid tokens, keep earlier blocks clean, mask a
+    uniform number (1..n_b) of block b's n_b valid tokens, and mask everything after them (later blocks
+    and the EOS padding). Blocks are drawn without replacement per row while there are enough."""
+    if block_length < 1 or num_samples < 1:
+        raise ValueError("block_length and num_samples must be at least 1")
+    out = torch.zeros(len(rows), num_samples, length, dtype=torch.bool)
+    pos = torch.arange(length)
+    for i, (r, valid) in enumerate(zip(rows.tolist(), valid_lengths.tolist())):
+        valid = max(1, min(int(valid), length))
+        gen = keyed_generator(*key, "block", int(r))
+        n_blocks = (valid - 1) // block_length + 1
+        order = torch.randperm(n_blocks, generator=gen)
+        for j in range(num_samples):
+            b = int(order[j % n_blocks])
+            start = b * block_length
+            n_b = min(block_length, valid - start)
+            count = int(torch.randint(1, n_b + 1, (), generator=gen))
+            chosen = torch.randperm(n_b, generator=gen)[:count] + start
+            out[i, j] = pos >= start + n_b
+            out[i, j, chosen] = True
+    return out
+
+
+def stratified_steps(key: tuple, rows: torch.Tensor, num_steps: int, per_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Denoising steps to revisit, ``per_row`` per row out of ``num_steps``: one uniform step in each
+    of ``per_row`` contiguous, near-equal strata of 0..num_steps-1, with the stratum size as its weight
+    (so ``sum_j weight_j f(step_j)`` is unbiased for ``sum_s f(s)``). Returns steps and weights [B, n]."""
+    if num_steps < 1 or per_row < 1:
+        raise ValueError("num_steps and per_row must be at least 1")
+    n = min(per_row, num_steps)
+    bounds = [(j * num_steps) // n for j in range(n + 1)]
+    sizes = torch.tensor([bounds[j + 1] - bounds[j] for j in range(n)], dtype=torch.float32)
+    starts = torch.tensor(bounds[:-1])
+    steps = torch.stack([starts + (torch.rand(n, generator=keyed_generator(*key, "steps", int(r)), dtype=torch.float64)
+                                   * sizes.double()).floor().long() for r in rows])
+    return steps, sizes.expand(len(rows), n).clone()

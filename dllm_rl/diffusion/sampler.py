@@ -66,6 +66,14 @@ def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> tor
     return logits
 
 
+def sampling_logits(raw: torch.Tensor, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """Logits of the distribution tokens are sampled from (its log-softmax is what the sampler records):
+    temperature scaling (none at temperature 0, where the sampler takes the argmax), then top-k/top-p.
+    Shared with objectives that re-evaluate the sampler's own distribution (AGRPO)."""
+    return _filter(raw / temperature if temperature > 0 else raw, top_k, top_p)
+
+
 def _transfer_counts(n_masked: int, steps: int) -> list[int]:
     """Tokens to commit at each of ``steps`` steps so that ``n_masked`` are committed in all."""
     base, extra = divmod(n_masked, steps)
@@ -102,13 +110,12 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
         for n_commit in _transfer_counts(end - start, n_steps):
             raw = logits_fn(x, attn)[:, tp:].double().cpu()  # fp64: low-precision Gumbel noise biases sampling
             raw[..., mask_id] = float("-inf")  # never commit the mask token itself
+            logits = sampling_logits(raw, cfg.temperature, cfg.top_k, cfg.top_p)
             if cfg.temperature > 0:
-                logits = _filter(raw / cfg.temperature, cfg.top_k, cfg.top_p)
                 noise = torch.stack([torch.rand(logits.shape[1:], generator=g, dtype=torch.float64) for g in generators])
                 gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
                 chosen = (logits + gumbel).argmax(-1)
             else:
-                logits = _filter(raw, cfg.top_k, cfg.top_p)
                 chosen = logits.argmax(-1)
             logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
             if cfg.remasking == "low_confidence":  # the model's own (unfiltered) probability, as in LLaDA

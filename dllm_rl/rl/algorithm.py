@@ -7,8 +7,9 @@ from typing import ClassVar
 
 import torch
 
+from ..config import RolloutConfig
 from ..models.adapter import ModelAdapter
-from .advantages import group_advantages
+from .advantages import BASELINES, group_advantages
 from .rollout import RolloutBatch
 
 
@@ -21,6 +22,13 @@ class AlgorithmConfig:
     baseline: str = "group_mean"
     """Advantage baseline: group_mean or leave_one_out."""
     scale_adv_by_std: bool = False
+    """Divide advantages by the group's reward std (GRPO's original form)."""
+
+    def __post_init__(self):
+        if self.baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.mu < 1:
+            raise ValueError("mu must be at least 1")
 
 
 class Algorithm(abc.ABC):
@@ -33,6 +41,9 @@ class Algorithm(abc.ABC):
     def __init__(self, config: AlgorithmConfig | None = None, seed: int = 0):
         self.config = config if config is not None else self.Config()
         self.seed = seed
+        self.rollout = RolloutConfig()
+        """The sampling settings of the run's rollouts (set by the pipeline), for objectives that
+        re-evaluate the sampler's own distribution (AGRPO)."""
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
         return group_advantages(rewards, group_size, self.config.baseline, self.config.scale_adv_by_std)

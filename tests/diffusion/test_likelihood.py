@@ -282,3 +282,105 @@ def test_mean_field_with_zero_prompt_masking_leaves_the_prompt_alone():
     ids, _ = rec.inputs[0]
     assert torch.equal(ids[:, :4], seqs.prompt_ids)
     assert bool((ids[:, 4:] == MASK).all())
+
+
+# -- proxy dispatch ----------------------------------------------------------------------------------
+
+from dllm_rl.diffusion.likelihood import (  # noqa: E402
+    denoising_step_logprobs, eubo_mean, likelihood_terms, masked_logprobs, masked_mean_logprob, step_inputs)
+from dllm_rl.diffusion.sampler import SamplerConfig, generate, left_pad  # noqa: E402
+
+
+def test_likelihood_terms_select_the_estimator():
+    fn, seqs, key = make_toy_logits(3), padded_batch(), (0, "x", 1, 0)
+    assert torch.equal(likelihood_terms("elbo", fn, seqs, MASK, key, num_samples=3, coupled=False),
+                       elbo_terms(fn, seqs, MASK, key, num_samples=3, coupled=False))
+    assert torch.equal(likelihood_terms("mean_field", fn, seqs, MASK, key, p_mask_prompt=0.3),
+                       mean_field_logprobs(fn, seqs, MASK, key, p_mask_prompt=0.3))
+    with pytest.raises(ValueError, match="mean_field, elbo"):
+        likelihood_terms("exact", fn, seqs, MASK, key)
+
+
+def test_masked_logprobs_score_each_masked_copy():
+    fn, seqs = make_toy_logits(2), padded_batch(3)
+    masked = torch.zeros(3, 2, 5, dtype=torch.bool)
+    masked[:, 0, :2] = True
+    masked[:, 1, 3:] = True
+    got = masked_logprobs(fn, seqs, masked, MASK)
+    for p in range(2):
+        completion_in = seqs.completion_ids.masked_fill(masked[:, p], MASK)
+        assert torch.allclose(got[:, p], token_logprobs(fn, seqs, completion_in), atol=1e-6)
+
+
+# -- SPG bounds ------------------------------------------------------------------------------------
+
+def test_masked_mean_logprob_by_hand():
+    logp = torch.tensor([[[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0]]])
+    masked = torch.tensor([[[True, True, True], [False, True, True]]])
+    valid = torch.tensor([[True, True, False]])
+    # draw 1: masked valid {0, 1} -> -1.5; draw 2: {1} -> -5
+    assert float(masked_mean_logprob(logp, masked, valid)) == pytest.approx((-1.5 - 5.0) / 2)
+
+
+def test_eubo_mean_by_hand():
+    p = torch.tensor([[[0.5, 0.2, 0.9], [0.4, 0.1, 0.3]]])
+    masked = torch.tensor([[[True, False, True], [True, True, True]]])
+    valid = torch.tensor([[True, True, True]])
+    beta = 2.0
+    # t: draw 1 masks 2 of 3 valid tokens, draw 2 all 3
+    t1, t2 = 2 / 3, 1.0
+    tok0 = math.log((0.5 ** 2 / t1 + 0.4 ** 2 / t2) / 2) / beta
+    tok1 = math.log((0.1 ** 2 / t2) / 2) / beta
+    tok2 = math.log((0.9 ** 2 / t1 + 0.3 ** 2 / t2) / 2) / beta
+    assert float(eubo_mean(p.log(), masked, valid, beta)) == pytest.approx((tok0 + tok1 + tok2) / 3, abs=1e-6)
+
+
+def test_eubo_ignores_unmasked_and_padding_tokens_and_has_finite_gradients():
+    logp = torch.tensor([[[-1.0, -2.0, -50.0]]], requires_grad=True)
+    masked = torch.tensor([[[True, False, True]]])
+    valid = torch.tensor([[True, True, False]])  # token 2 is padding; token 1 is never masked
+    out = eubo_mean(logp, masked, valid, 1.5)
+    # one valid token masked out of two: t = 1/2; (1/1.5) log(e^{-1.5} / 0.5) = -1 + log(2)/1.5
+    assert out.item() == pytest.approx(-1.0 + math.log(2) / 1.5, abs=1e-6)
+    out.backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad[0, 0].tolist() == pytest.approx([1.0, 0.0, 0.0])
+
+
+def test_one_draw_eubo_is_the_masked_mean_plus_the_mask_rate_correction():
+    """With a single draw, EUBO = mean_{k in S} (1/beta) log(p_k^beta / t) = l+ - log(t) / beta >= l+:
+    the sandwich's upper side sits above its lower side by exactly the rate correction."""
+    g = torch.Generator().manual_seed(0)
+    logp = -torch.rand(5, 1, 6, generator=g) * 3
+    masked = torch.rand(5, 1, 6, generator=g) < 0.5
+    masked[:, :, 0] = True
+    valid = torch.ones(5, 6, dtype=torch.bool)
+    t = masked[:, 0].float().mean(-1)
+    lower = masked_mean_logprob(logp, masked, valid)
+    assert torch.allclose(eubo_mean(logp, masked, valid, 1.5), lower - t.log() / 1.5, atol=1e-6)
+    assert bool((t < 1).any())  # some rows really get a positive correction
+
+
+# -- AGRPO: the sampler's steps, revisited -----------------------------------------------------------
+
+def test_step_inputs_rebuild_the_state_before_each_step():
+    completion = torch.tensor([[5, 6, 7, 8]])
+    commit = torch.tensor([[2, 0, 1, 2]])
+    states = step_inputs(completion, commit, torch.tensor([[0, 1, 2, 3]]), MASK)
+    assert states[0].tolist() == [[MASK] * 4, [MASK, 6, MASK, MASK], [MASK, 6, 7, MASK], [5, 6, 7, 8]]
+
+
+@pytest.mark.parametrize("remasking, top_k, top_p", [("random", None, None), ("low_confidence", 3, None), ("random", None, 0.8)])
+def test_step_logprobs_reproduce_what_the_sampler_recorded(remasking, top_k, top_p):
+    """Rebuilding every denoising state from the commit steps and re-scoring it gives exactly the
+    log-probs the sampler recorded for the tokens it committed there (semi-AR blocks, padded prompts)."""
+    fn = make_toy_logits(4, scale=0.9)
+    prompts = [[3, 4, 5], [6], [2, 3, 4, 5, 6], [4, 4]]
+    cfg = SamplerConfig(gen_length=6, steps=4, block_length=3, temperature=0.7, remasking=remasking, top_k=top_k, top_p=top_p)
+    out = generate(fn, prompts, MASK, PAD, cfg, [torch.Generator().manual_seed(i) for i in range(4)])
+    prompt_ids, prompt_mask = left_pad(prompts, PAD)
+    seqs = Sequences(prompt_ids, prompt_mask, out.completions, torch.arange(4), 4)
+    steps = torch.arange(out.nfe).expand(4, out.nfe)
+    logp = denoising_step_logprobs(fn, seqs, out.commit_step, steps, MASK, 0.7, top_k, top_p)
+    at_commit = logp.gather(1, out.commit_step[:, None, :]).squeeze(1)
+    assert torch.allclose(at_commit, out.logprobs, atol=1e-5)
+    assert bool((out.logprobs < 0).any())  # the check is not vacuous: tokens had real choices

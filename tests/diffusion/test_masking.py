@@ -167,3 +167,77 @@ def test_prompt_masks_rate_padding_and_determinism():
     assert not torch.equal(m, prompt_masks((0, "mf", 2), torch.arange(n), prompt_mask, 0.15))
     # micro-batch independence
     assert torch.equal(m[5:9], prompt_masks((0, "mf", 1), torch.arange(5, 9), prompt_mask[5:9], 0.15))
+
+
+# -- SPG block masks ------------------------------------------------------------------------------
+
+from dllm_rl.diffusion.masking import block_masks, stratified_steps  # noqa: E402
+
+
+@pytest.mark.parametrize("valid, block", [(7, 3), (9, 3), (1, 4), (8, 8), (5, 2)])
+def test_block_masks_follow_the_denoising_shape(valid, block):
+    """Earlier blocks clean, 1..n_b of block b's valid tokens masked, everything after them masked."""
+    length, draws = 9, 6
+    masks = block_masks(("k",), torch.arange(40), torch.full((40,), valid), length, block, draws)
+    blocks_seen = set()
+    for row in masks:
+        for m in row.tolist():
+            first = m.index(True)
+            b = first // block
+            start, n_b = b * block, min(block, valid - b * block)
+            assert start < valid and not any(m[:start])
+            assert 1 <= sum(m[start:start + n_b]) <= n_b
+            assert all(m[start + n_b:])
+            blocks_seen.add(b)
+    assert blocks_seen == set(range((valid - 1) // block + 1))  # every block holding valid tokens gets picked
+
+
+def test_block_masks_draw_distinct_blocks_while_there_are_enough():
+    masks = block_masks(("k",), torch.arange(20), torch.full((20,), 9), 9, 3, 3)
+    for row in masks:
+        assert sorted(m.tolist().index(True) // 3 for m in row) == [0, 1, 2]
+
+
+def test_block_mask_counts_are_uniform_within_the_block():
+    masks = block_masks(("u",), torch.arange(3000), torch.full((3000,), 4), 4, 4, 1)
+    counts = torch.bincount(masks[:, 0].sum(-1), minlength=5)[1:]  # l in 1..4
+    assert _chi2(counts) < 20  # 3 dof; p ~ 2e-4
+
+
+def test_block_masks_are_keyed_by_row_not_by_batch():
+    valid = torch.tensor([5, 3, 8, 1, 6])
+    full = block_masks(("k", 1), torch.arange(5), valid, 8, 3, 2)
+    for idx in ([0, 1], [2, 3, 4], [4]):
+        part = block_masks(("k", 1), torch.tensor(idx), valid[idx], 8, 3, 2)
+        assert torch.equal(part, full[idx])
+    assert not torch.equal(full, block_masks(("k", 2), torch.arange(5), valid, 8, 3, 2))
+
+
+# -- AGRPO step sampling --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("total, per_row", [(12, 4), (10, 3), (5, 5), (3, 8), (7, 1)])
+def test_stratified_steps_take_one_step_per_stratum_with_its_size_as_weight(total, per_row):
+    steps, weights = stratified_steps(("s",), torch.arange(50), total, per_row)
+    n = min(per_row, total)
+    assert steps.shape == weights.shape == (50, n)
+    assert float(weights[0].sum()) == total
+    edges = [0] + torch.cumsum(weights[0], 0).long().tolist()
+    for j in range(n):
+        assert bool(((steps[:, j] >= edges[j]) & (steps[:, j] < edges[j + 1])).all())
+
+
+def test_stratified_steps_are_unbiased_for_the_sum_over_steps():
+    """E[sum_j w_j f(s_j)] = sum_s f(s): each step of a stratum is equally likely."""
+    steps, weights = stratified_steps(("u",), torch.arange(6000), 10, 3)  # strata 0-2, 3-5, 6-9
+    counts = torch.bincount(steps.flatten(), minlength=10)
+    for lo, hi in ((0, 3), (3, 6), (6, 10)):
+        assert _chi2(counts[lo:hi]) < 20
+    f = torch.arange(10.0) ** 2
+    estimate = (weights * f[steps]).sum(1).mean()
+    assert float(estimate) == pytest.approx(float(f.sum()), rel=0.02)
+
+
+def test_stratified_steps_are_keyed_by_row():
+    full, _ = stratified_steps(("k",), torch.arange(6), 9, 3)
+    part, _ = stratified_steps(("k",), torch.tensor([4, 1]), 9, 3)
+    assert torch.equal(part, full[[4, 1]])

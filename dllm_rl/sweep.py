@@ -1,0 +1,241 @@
+"""Reproducible experiment grids: algorithms x tasks x seeds (x labelled variants), one normal results
+file per run (``run_pipeline``), run sequentially or by N worker processes, resumable.
+
+A run whose results file already exists with the same configuration is skipped; one that exists with
+a different configuration is a conflict (refused unless ``force``), so a folder never silently mixes
+settings. Each invocation is appended to ``sweeps.jsonl`` in the output folder (command, grid, outcome)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig, load_yaml, to_dict
+from .errors import UsageError
+from .results import SCHEMA, atomic_write_text, result_filename
+
+
+@dataclass
+class Grid:
+    """What to run. ``algorithms`` maps each name to its own overrides (e.g. a tuned learning rate);
+    ``variants`` maps a label to overrides applied to every run (e.g. ``k1: [algorithm.kl=k1]``)."""
+
+    algorithms: dict[str, list[str]] = field(default_factory=dict)
+    tasks: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    model: str | None = None
+    recipe: str | None = None
+    sets: list[str] = field(default_factory=list)
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    out: str = "results"
+    run_dir: str | None = None
+
+
+def _overrides(value: Any, where: str) -> list[str]:
+    """``{key: value}`` or ``[key=value, ...]`` from a grid file, as ``--set`` strings."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [f"{k}={json.dumps(v)}" for k, v in value.items()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise UsageError(f"grid {where}: expected a mapping of settings or a list of key=value, got {value!r}")
+
+
+def load_grid(path: str) -> Grid:
+    """A YAML grid file: algorithms (list, or mapping name -> settings), tasks, seeds, model, recipe,
+    set (settings for every run), variants (label -> settings), out, run_dir."""
+    data = load_yaml(path)
+    known = {"algorithms", "tasks", "seeds", "model", "recipe", "set", "variants", "out", "run_dir"}
+    unknown = set(data) - known
+    if unknown:
+        raise UsageError(f"grid file {path!r}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    algos = data.get("algorithms") or []
+    if isinstance(algos, list):
+        algos = {a: [] for a in algos}
+    elif isinstance(algos, dict):
+        algos = {a: _overrides(v, f"algorithms.{a}") for a, v in algos.items()}
+    else:
+        raise UsageError(f"grid file {path!r}: algorithms must be a list or a mapping")
+    tasks, seeds = data.get("tasks") or [], data.get("seeds", [0])
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise UsageError(f"grid file {path!r}: seeds must be integers, got {seeds!r}")
+    variants = {str(k): _overrides(v, f"variants.{k}") for k, v in (data.get("variants") or {}).items()}
+    return Grid(algorithms=algos, tasks=list(tasks), seeds=list(seeds), model=data.get("model"), recipe=data.get("recipe"),
+                sets=_overrides(data.get("set"), "set"), variants=variants, out=data.get("out") or "results",
+                run_dir=data.get("run_dir"))
+
+
+@dataclass
+class Job:
+    algorithm: str
+    task: str
+    seed: int
+    label: str
+    run: RunConfig
+    path: Path
+    status: str = "todo"  # todo | done | conflict
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.run.model.name} {self.task} {self.algorithm}{f' [{self.label}]' if self.label else ''} seed {self.seed}"
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's configuration minus where its files go (moving a results folder is not a change)."""
+    return {k: v for k, v in config.items() if k != "output"} | {"label": (config.get("output") or {}).get("label", "")}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
+
+
+def plan(grid: Grid, force: bool = False) -> list[Job]:
+    """Resolve every run's configuration (bad settings fail here, before anything runs) and mark
+    which are done (same configuration already in the output folder) or in conflict."""
+    from .pipeline import resolve_config
+
+    if not grid.algorithms or not grid.tasks or not grid.seeds:
+        raise UsageError("a sweep needs at least one algorithm, one task and one seed (--algo, --task, --seeds or --grid)")
+    for label in grid.variants:
+        if not label or result_filename("m", "t", "a", 0, label) != f"m__t__a__{label}__seed0.json":
+            raise UsageError(f"variant label {label!r} must be non-empty letters, digits, '-', '_' or '.'")
+    variants = grid.variants or {"": []}
+    jobs = []
+    for algo, algo_sets in grid.algorithms.items():
+        for task in grid.tasks:
+            for label, variant_sets in variants.items():
+                for seed in grid.seeds:
+                    sets = (*grid.sets, *algo_sets, *variant_sets, f"output.results_dir={json.dumps(grid.out)}",
+                            f"output.label={json.dumps(label)}",
+                            *([f"output.run_dir={json.dumps(grid.run_dir)}"] if grid.run_dir else []))
+                    run = resolve_config(algo, task, grid.model, grid.recipe, sets, seed)
+                    path = Path(grid.out) / result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed, label)
+                    jobs.append(Job(run.algorithm.name, run.task.name, seed, label, run, path))
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        if job.path in seen:
+            raise UsageError(f"two runs of the sweep write {job.path.name} ({seen[job.path].name}); give the variants distinct labels")
+        seen[job.path] = job
+        if force or not job.path.is_file():
+            continue
+        try:
+            old = json.loads(job.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # unreadable: run again
+        if old.get("schema") != SCHEMA:
+            continue
+        diff = _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)))
+        job.status, job.detail = ("conflict", "; ".join(diff[:3])) if diff else ("done", "")
+    return jobs
+
+
+def _run_job(run: RunConfig) -> dict[str, Any]:
+    """Worker entry point: one pipeline run, summarised (the results file is the real output)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    from .pipeline import run_pipeline
+
+    transformers.utils.logging.set_verbosity_error()  # worker processes: no per-run library chatter
+    transformers.utils.logging.disable_progress_bar()
+    result = run_pipeline(run)
+    return summarize(result)
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    primary = result["protocol"]["primary_metric"]
+    first = lambda block: next(iter((block or {}).values()), {}).get(primary)
+    return {"path": result["_path"], "metric": primary, "after": first(result["metrics"]), "base": first(result["base"]),
+            "seconds": result["timing"]["total_s"]}
+
+
+def _warm_tiny_cache(jobs: list[Job]) -> None:
+    """Pretrain each distinct tiny base once, before parallel workers would race to build the same one."""
+    from .models.tiny_family import base_checkpoint
+    from .pipeline import build_task, gen_length_of
+
+    for job in jobs:
+        if job.run.model.name == "tiny":
+            task = build_task(job.run)
+            base_checkpoint(job.run, task, gen_length_of(job.run, task, "direct"))  # cached after the first
+
+
+def execute(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Run the jobs still to do; returns counts of ran / skipped / failed."""
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    conflicts = [j for j in jobs if j.status == "conflict"]
+    if conflicts:
+        j = conflicts[0]
+        raise UsageError(f"{j.path} exists with another configuration ({j.detail}); "
+                         f"{len(conflicts)} such run(s): use another output folder, a variant label, or --force to rerun")
+    todo = [j for j in jobs if j.status == "todo"]
+    total = len(jobs)
+    counts = {"ran": 0, "skipped": total - len(todo), "failed": 0}
+    for i, j in enumerate(jobs):
+        if j.status == "done":
+            log(f"[{i + 1}/{total}] {j.name}: done already, skipped ({j.path.name})")
+
+    def report(job: Job, outcome: dict[str, Any] | None, error: BaseException | None) -> None:
+        index = jobs.index(job) + 1
+        if error is not None:
+            counts["failed"] += 1
+            log(f"[{index}/{total}] {job.name}: FAILED ({type(error).__name__}: {error})")
+            return
+        counts["ran"] += 1
+        fmt = lambda v: "-" if v is None else f"{100 * v:.1f}"
+        log(f"[{index}/{total}] {job.name}: {outcome['metric']} {fmt(outcome['after'])} "
+            f"(base {fmt(outcome['base'])}) in {outcome['seconds']:.0f}s -> {job.path.name}")
+
+    if workers == 1 or len(todo) <= 1:
+        for job in todo:
+            log(f"[{jobs.index(job) + 1}/{total}] {job.name}: running")
+            try:
+                outcome = _run_job(job.run)
+            except UsageError:
+                raise
+            except Exception as exc:  # one failed run must not lose the others
+                report(job, None, exc)
+            else:
+                report(job, outcome, None)
+        return counts
+
+    import multiprocessing
+
+    _warm_tiny_cache(todo)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_job, job.run): job for job in todo}
+        log(f"running {len(todo)} job(s) on {min(workers, len(todo))} worker process(es)")
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                report(job, fut.result(), None)
+            except Exception as exc:
+                report(job, None, exc)
+    return counts
+
+
+def record(out: str, grid: Grid, jobs: list[Job], counts: dict[str, int], started: float) -> None:
+    """Append this invocation to ``<out>/sweeps.jsonl``: the command, the grid and what happened."""
+    path = Path(out) / "sweeps.jsonl"
+    entry = {"command": ["dllm-rl", *sys.argv[1:]], "grid": grid.__dict__, "runs": [j.path.name for j in jobs],
+             **counts, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+             "seconds": round(time.time() - started, 1)}
+    previous = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, previous + json.dumps(entry) + "\n")

@@ -1,0 +1,91 @@
+"""compare's aggregation on synthetic results files: seeds of one model + algorithm + label averaged
+into mean ± std (or sem) with n, labels kept apart, training curves averaged step by step, plots."""
+import json
+import math
+import statistics
+
+import pytest
+
+from dllm_rl.errors import UsageError
+from dllm_rl.plots import plot_curves
+from dllm_rl.results import SCHEMA, curves, leaderboard, load_results, result_filename
+
+
+def fake(algo, seed, acc, *, task="sudoku", label="", base=0.30, rewards=(0.1, 0.2, 0.3), model="tiny"):
+    return {"schema": SCHEMA, "model": model, "task": task, "algorithm": algo, "seed": seed, "label": label,
+            "protocol": {"primary_metric": "accuracy"},
+            "metrics": {"24": {"accuracy": acc, "n": 100, "nfe": 12}}, "base": {"24": {"accuracy": base, "n": 100, "nfe": 12}},
+            "training": {"curve": [{"step": i, "reward": r, "kl": 0.01 * i} for i, r in enumerate(rewards)]}}
+
+
+def table(results, error="std"):
+    header, rows = leaderboard(results, error)
+    return header, {row[1]: row for row in rows}
+
+
+def test_seeds_are_averaged_with_std_and_n():
+    accs = [0.40, 0.50, 0.45]
+    header, rows = table([fake("espo", s, a) for s, a in enumerate(accs)])
+    assert header == ["model", "algorithm", "sudoku L=24", "n"]
+    mean, sd = statistics.fmean(accs) * 100, statistics.stdev(accs) * 100
+    assert rows["espo"][2] == f"{mean:.1f} ± {sd:.1f}" == "45.0 ± 5.0"
+    assert rows["espo"][3] == "3"
+    assert rows["Δ espo vs base"][2] == "+15.0"
+    assert rows["(base)"][2] == "30.0 ± 0.0"
+
+
+def test_standard_error_option():
+    _, rows = table([fake("espo", s, a) for s, a in enumerate([0.40, 0.50, 0.45])], error="sem")
+    assert rows["espo"][2] == f"45.0 ± {5.0 / math.sqrt(3):.1f}"
+    with pytest.raises(UsageError, match="std, sem"):
+        leaderboard([fake("espo", 0, 0.4)], error="ci")
+
+
+def test_labels_are_separate_rows_and_n_counts_each():
+    results = [fake("espo", 0, 0.6, label="k1"), fake("espo", 1, 0.4, label="k1"),
+               fake("espo", 0, 0.7, label="k2"), fake("espo", 0, 0.5)]
+    _, rows = table(results)
+    assert rows["espo [k1]"][2:] == ["50.0 ± 14.1", "2"]
+    assert rows["espo [k2]"][2:] == ["70.0", "1"]
+    assert rows["espo"][2:] == ["50.0", "1"]
+
+
+def test_n_shows_a_range_when_tasks_have_different_seed_counts():
+    results = [fake("wd1", 0, 0.5), fake("wd1", 1, 0.5), fake("wd1", 0, 0.2, task="countdown")]
+    header, rows = table(results)
+    assert header[-1] == "n" and rows["wd1"][-1] == "1-2"
+
+
+def test_curves_average_seeds_step_by_step_and_smooth_each_seed_first():
+    results = [fake("espo", 0, 0.5, rewards=(0.0, 0.2, 0.4)), fake("espo", 1, 0.5, rewards=(0.2, 0.4)),
+               fake("wd1", 0, 0.5, rewards=(0.1, 0.1, 0.1))]
+    c = curves(results)["sudoku"]
+    espo = c["tiny + espo"]
+    assert espo["step"] == [0.0, 1.0, 2.0] and espo["n"] == [2.0, 2.0, 1.0]
+    assert espo["mean"] == pytest.approx([0.1, 0.3, 0.4])
+    assert espo["err"] == pytest.approx([statistics.stdev([0.0, 0.2]), statistics.stdev([0.2, 0.4]), 0.0])
+    smoothed = curves(results, smooth=2)["sudoku"]["tiny + espo"]
+    # seed 0 -> (0, 0.1, 0.3), seed 1 -> (0.2, 0.3)
+    assert smoothed["mean"] == pytest.approx([0.1, 0.2, 0.3])
+    assert curves(results, key="kl")["sudoku"]["tiny + wd1"]["mean"] == pytest.approx([0.0, 0.01, 0.02])
+
+
+def test_plots_are_written_per_task_and_metric(tmp_path):
+    results = [fake("espo", s, 0.5, rewards=(0.1 * s, 0.2, 0.3)) for s in range(3)]
+    results += [fake("espo", 0, 0.5, task="countdown", label="k1")]
+    written = plot_curves(results, tmp_path / "plots")
+    assert sorted(p.name for p in written) == ["reward_countdown.png", "reward_sudoku.png"]
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    assert [p.name for p in plot_curves(results, tmp_path / "plots", key="kl")] == ["kl_countdown.png", "kl_sudoku.png"]
+    assert plot_curves(results, tmp_path / "none", key="missing") == []
+
+
+def test_label_goes_into_the_file_name_and_folders_load_recursively(tmp_path):
+    assert result_filename("tiny", "sudoku", "espo", 2, "k1") == "tiny__sudoku__espo__k1__seed2.json"
+    assert result_filename("tiny", "sudoku", "espo", 2) == "tiny__sudoku__espo__seed2.json"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.json").write_text(json.dumps(fake("espo", 0, 0.5)))
+    (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else"}))
+    (tmp_path / "broken.json").write_text("{")
+    assert [r["algorithm"] for r in load_results(tmp_path)] == ["espo"]

@@ -1,0 +1,135 @@
+"""The sweep's planning and resume logic with a stand-in runner (no training): which runs are done,
+which are to do, which conflict with an existing file; one failing run does not stop the others."""
+import json
+import textwrap
+
+import pytest
+
+from dllm_rl import sweep
+from dllm_rl.config import to_dict
+from dllm_rl.errors import UsageError
+from dllm_rl.results import SCHEMA, write_result
+
+
+def grid(tmp_path, **kw):
+    g = sweep.Grid(algorithms={"espo": [], "wd1": ["optim.lr=1e-3"]}, tasks=["sudoku"], seeds=[0, 1],
+                   sets=["optim.max_steps=3"], out=str(tmp_path / "out"))
+    for k, v in kw.items():
+        setattr(g, k, v)
+    return g
+
+
+def finish(job, **changes):
+    """Write the results file a run of ``job`` would have written (optionally with other settings)."""
+    config = to_dict(job.run)
+    for dotted, value in changes.items():
+        node = config
+        *path, last = dotted.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    write_result(job.path, {"schema": SCHEMA, "config": config, "algorithm": job.algorithm})
+
+
+def test_plan_resolves_every_run_with_its_settings(tmp_path):
+    jobs = sweep.plan(grid(tmp_path, variants={"k1": ["algorithm.kl=k1"], "k3": ["algorithm.kl=k3"]},
+                           algorithms={"espo": ["optim.lr=2e-5"]}))
+    assert [(j.algorithm, j.label, j.seed) for j in jobs] == [("espo", "k1", 0), ("espo", "k1", 1), ("espo", "k3", 0), ("espo", "k3", 1)]
+    assert [j.path.name for j in jobs][:2] == ["tiny__sudoku__espo__k1__seed0.json", "tiny__sudoku__espo__k1__seed1.json"]
+    for j in jobs:
+        assert j.run.algorithm.params["kl"] == j.label and j.run.optim.lr == 2e-5 and j.run.optim.max_steps == 3
+        assert j.run.output.label == j.label and j.run.output.results_dir == str(tmp_path / "out")
+        assert j.status == "todo"
+
+
+def test_done_runs_are_skipped_and_changed_ones_are_conflicts(tmp_path):
+    jobs = sweep.plan(grid(tmp_path))
+    finish(jobs[0])
+    finish(jobs[1], **{"optim.max_steps": 5})
+    finish(jobs[2], **{"output.results_dir": "/elsewhere", "output.run_dir": "/x"})  # moved: still the same run
+    again = sweep.plan(grid(tmp_path))
+    assert [j.status for j in again] == ["done", "conflict", "done", "todo"]
+    assert "optim.max_steps: 5 -> 3" in again[1].detail
+    assert [j.status for j in sweep.plan(grid(tmp_path), force=True)] == ["todo"] * 4
+    with pytest.raises(UsageError, match="exists with another configuration .*optim.max_steps.*--force"):
+        sweep.execute(again)
+
+
+def test_execute_runs_only_what_is_left_and_survives_a_failure(tmp_path, monkeypatch):
+    jobs = sweep.plan(grid(tmp_path))
+    finish(jobs[0])
+    calls = []
+
+    def fake_run(run):
+        calls.append((run.algorithm.name, run.seed))
+        if run.algorithm.name == "wd1" and run.seed == 0:
+            raise RuntimeError("diverged")
+        return {"path": "x", "metric": "accuracy", "after": 0.5, "base": 0.25, "seconds": 1.0}
+
+    monkeypatch.setattr(sweep, "_run_job", fake_run)
+    lines = []
+    counts = sweep.execute(sweep.plan(grid(tmp_path)), workers=1, log=lines.append)
+    assert calls == [("espo", 1), ("wd1", 0), ("wd1", 1)]
+    assert counts == {"ran": 2, "skipped": 1, "failed": 1}
+    assert any("skipped" in line and "espo seed 0" in line for line in lines)
+    assert any("FAILED (RuntimeError: diverged)" in line for line in lines)
+    assert any("accuracy 50.0 (base 25.0)" in line for line in lines)
+
+
+def test_bad_grids_fail_before_anything_runs(tmp_path):
+    with pytest.raises(UsageError, match="at least one algorithm"):
+        sweep.plan(grid(tmp_path, tasks=[]))
+    with pytest.raises(UsageError, match="Did you mean 'espo'"):
+        sweep.plan(grid(tmp_path, algorithms={"espoo": []}))
+    with pytest.raises(UsageError, match="variant label"):
+        sweep.plan(grid(tmp_path, variants={"a/b": []}))
+    with pytest.raises(UsageError, match="--workers"):
+        sweep.execute([], workers=0)
+
+
+def test_grid_file(tmp_path):
+    path = tmp_path / "grid.yaml"
+    path.write_text(textwrap.dedent("""
+        algorithms:
+          espo: {optim.lr: 5.0e-5, algorithm.beta: 0.01}
+          diffu-grpo: [optim.lr=1e-4]
+        tasks: sudoku
+        seeds: [0, 1, 2]
+        set: {optim.max_steps: 40, eval.lengths: [24]}
+        variants:
+          k1: {algorithm.kl: k1}
+    """))
+    g = sweep.load_grid(str(path))
+    assert g.algorithms == {"espo": ["optim.lr=5e-05", "algorithm.beta=0.01"], "diffu-grpo": ["optim.lr=1e-4"]}
+    assert g.tasks == ["sudoku"] and g.seeds == [0, 1, 2] and g.variants == {"k1": ['algorithm.kl="k1"']}
+    g.out = str(tmp_path / "out")
+    jobs = sweep.plan(g)
+    assert len(jobs) == 6 and jobs[0].run.optim.lr == 5e-5 and jobs[0].run.eval.lengths == [24]
+    assert jobs[3].run.optim.lr == 1e-4 and jobs[3].run.algorithm.params["kl"] == "k1"
+    path.write_text("algorithms: [espo]\nworkers: 4\n")
+    with pytest.raises(UsageError, match="unknown key"):
+        sweep.load_grid(str(path))
+
+
+def test_each_invocation_is_recorded(tmp_path):
+    g = grid(tmp_path)
+    jobs = sweep.plan(g)
+    for _ in range(2):
+        sweep.record(g.out, g, jobs, {"ran": 1, "skipped": 3, "failed": 0}, 0.0)
+    lines = (tmp_path / "out" / "sweeps.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    entry = json.loads(lines[1])
+    assert entry["runs"][0] == "tiny__sudoku__espo__seed0.json" and entry["grid"]["seeds"] == [0, 1] and entry["ran"] == 1
+
+
+@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms"])
+def test_shipped_experiment_grids_resolve(name, tmp_path):
+    from pathlib import Path
+
+    g = sweep.load_grid(str(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"))
+    g.out = str(tmp_path)
+    jobs = sweep.plan(g)
+    assert jobs and all(j.status == "todo" for j in jobs) and len({j.path for j in jobs}) == len(jobs)
+    if name == "ablation-action-likelihood":
+        cells = {(j.run.algorithm.params.get("action", "sequence"), j.run.algorithm.params.get("likelihood", "elbo")) for j in jobs}
+        assert cells == {("sequence", "elbo"), ("sequence", "mean_field"), ("token", "elbo"), ("token", "mean_field")}

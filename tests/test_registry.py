@@ -53,7 +53,7 @@ def test_bad_target_is_a_usage_error():
 def test_presets_match_on_model_task_and_algorithm_in_file_order():
     tiny_espo = registry.presets("tiny", "sudoku", "espo")
     assert len(tiny_espo) >= 2
-    assert any(p.get("algorithm.mu") == 2 for p in tiny_espo)
+    assert any(p.get("algorithm.mu") == 1 for p in tiny_espo)
     assert any("optim.lr" in p for p in tiny_espo)
     # the model-only preset comes before the more specific one (later presets win)
     first_general = next(i for i, p in enumerate(tiny_espo) if "optim.lr" in p)

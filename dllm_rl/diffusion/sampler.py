@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-REMASKING = ("low_confidence", "random")
+REMASKING = ("low_confidence", "random", "entropy", "margin")
 
 
 @dataclass
@@ -120,6 +120,11 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
             logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
             if cfg.remasking == "low_confidence":  # the model's own (unfiltered) probability, as in LLaDA
                 conf = torch.softmax(raw, -1).gather(-1, chosen[..., None]).squeeze(-1)
+            elif cfg.remasking == "entropy":  # Dream's default: lowest entropy of the sampling distribution first
+                conf = -torch.special.entr(torch.softmax(logits, -1)).sum(-1)
+            elif cfg.remasking == "margin":  # Dream's topk_margin: largest gap between the two most likely tokens
+                top2 = torch.softmax(logits, -1).topk(2, dim=-1).values
+                conf = top2[..., 0] - top2[..., 1]
             else:
                 conf = torch.stack([torch.rand(length, generator=g, dtype=torch.float64) for g in generators])
             still_masked = x[:, tp:] == mask_id

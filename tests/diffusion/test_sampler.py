@@ -270,3 +270,36 @@ def test_top_k_does_not_change_the_low_confidence_order(logits_fn):
     top1 = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**cfg, temperature=0.8, top_k=1), gens([1, 2, 3, 4]))
     assert torch.equal(top1.commit_step, greedy.commit_step)
     assert torch.equal(top1.completions, greedy.completions)
+
+
+def test_entropy_and_margin_remasking_order_positions_by_their_own_criterion():
+    """Three positions whose orders differ by criterion. Position 0: top prob 0.5, rest spread over
+    many tokens (highest top prob, but high entropy and a small margin over nothing). Position 1: two
+    tokens at 0.45/0.45 (low margin, low entropy). Position 2: 0.48/0.26/0.26 (mid)."""
+    probs = torch.full((3, 6), 1e-9)
+    probs[0, 3], probs[0, 2], probs[0, 4], probs[0, 5], probs[0, 0] = 0.5, 0.125, 0.125, 0.125, 0.125
+    probs[1, 3], probs[1, 4], probs[1, 5] = 0.45, 0.45, 0.10
+    probs[2, 3], probs[2, 4], probs[2, 5] = 0.48, 0.26, 0.26
+    log = probs.log()
+    log[:, MASK] = 0.0  # the mask token is never a candidate (the sampler removes it)
+
+    def fn(ids, attn):
+        out = torch.zeros(ids.shape[0], ids.shape[1], 6)
+        out[:, -3:] = log
+        return out
+
+    def order(remasking):
+        cfg = SamplerConfig(gen_length=3, steps=3, block_length=3, remasking=remasking)
+        return generate(fn, [[4]], MASK, PAD, cfg).commit_step[0].tolist()
+
+    def entropy(p):
+        p = p[p > 1e-6] / p[p > 1e-6].sum()
+        return float(-(p * p.log()).sum())
+
+    ents = [entropy(probs[i]) for i in range(3)]
+    assert ents[1] < ents[2] < ents[0]
+    assert order("entropy") == [2, 0, 1]  # lowest entropy first
+    assert order("margin") == [0, 2, 1]  # margins 0.375, 0.0, 0.22
+    assert order("low_confidence") == [0, 2, 1]  # top probabilities 0.5, 0.45, 0.48
+    with pytest.raises(ValueError, match="remasking"):
+        SamplerConfig(remasking="maskgit")

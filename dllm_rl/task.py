@@ -99,6 +99,12 @@ def extract_answer(completion: str, style: str) -> str | None:
     return matches[-1] if matches else None
 
 
+def answer_region(completion: str, style: str) -> str:
+    """Where a free-form answer is read: the last ``<answer>`` block (chat), else the whole completion."""
+    tagged = extract_answer(completion, style)
+    return completion if tagged is None else tagged
+
+
 def keyed_random(*key: object) -> random.Random:
     """A ``random.Random`` seeded from a key (stable across processes, unlike ``hash``): data generators
     derive one per split/item so that each example depends only on its own key."""

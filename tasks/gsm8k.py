@@ -14,7 +14,7 @@ from fractions import Fraction
 from dllm_rl.answer_format import last_boxed, soft_format, strict_format, xml_count
 from dllm_rl.errors import UsageError
 from dllm_rl.hub_data import holdout, load_rows
-from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, check_style, extract_answer, keyed_random
+from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, answer_region, check_style, extract_answer, keyed_random
 
 SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
 """d1's format instruction (also used by wd1 and ESPO), put before the question in the user turn."""
@@ -109,13 +109,8 @@ class GSM8K(Task):
             return f"Question: {example['question']}\nAnswer:"
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{example['question']}"}]
 
-    def answer_text(self, completion: str, style: str) -> str:
-        """Where the answer is read: the last ``<answer>`` block (chat), else the whole completion."""
-        tagged = extract_answer(completion, style)
-        return completion if tagged is None else tagged
-
     def correct(self, example: Example, completion: str, style: str) -> bool:
-        value = parse_number(self.answer_text(completion, style))
+        value = parse_number(answer_region(completion, style))
         return value is not None and value == parse_number(example["answer"])
 
     def reward(self, example: Example, completion: str, style: str) -> float:

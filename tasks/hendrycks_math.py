@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from dllm_rl.answer_format import last_boxed
 from dllm_rl.errors import UsageError
 from dllm_rl.hub_data import holdout, load_rows
-from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, check_style, extract_answer, keyed_random
+from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, answer_region, check_style, extract_answer, keyed_random
 
 SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
 """d1's format instruction (also used by wd1 and ESPO)."""
@@ -122,13 +122,8 @@ class MATH(Task):
             return f"Problem: {example['problem']}\nSolution:"
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{MATH_INSTRUCTION}\n\n{example['problem']}"}]
 
-    def answer_text(self, completion: str, style: str) -> str:
-        """Where the answer is read: the last ``<answer>`` block (chat), else the whole completion."""
-        tagged = extract_answer(completion, style)
-        return completion if tagged is None else tagged
-
     def correct(self, example: Example, completion: str, style: str) -> bool:
-        return is_equivalent(example["answer"], self.answer_text(completion, style))
+        return is_equivalent(example["answer"], answer_region(completion, style))
 
     def reward(self, example: Example, completion: str, style: str) -> float:
         """d1's reward in chat style (at most 3): 2 for an equivalent answer, plus half of (1 for an
@@ -138,7 +133,7 @@ class MATH(Task):
         if style == "direct":
             return float(correct)
         tagged = extract_answer(completion, style)
-        boxed = "\\boxed" in self.answer_text(completion, style)
+        boxed = "\\boxed" in answer_region(completion, style)
         return 2.0 * correct + 0.5 * ((tagged is not None) + (1.0 if boxed else 0.5))
 
     def score(self, example: Example, completion: str, style: str) -> dict[str, float]:

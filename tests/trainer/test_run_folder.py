@@ -88,14 +88,23 @@ def test_best_validation_checkpoint_is_what_the_final_evaluation_scores(tmp_path
 
 
 @pytest.mark.parametrize("setting, needle", [
-    ("eval.val_split=test", "val_split must differ from split"),
+    ("eval.select=best eval.every=1 eval.val_split=test", "val_split must differ from split"),
     ("output.completions=xml", "completions must be jsonl, jsonl.gz or none"),
     ("output.report_to=[nonsense]", "unknown tracker 'nonsense'; valid: all, aim, tensorboard"),
     ("eval.select=worst", "select must be last or best"),
 ])
 def test_bad_run_settings_are_one_line(tmp_path, tiny, h, setting, needle):
-    code, err = h.cli(["run", *tiny, "--set", setting, *h.dirs(tmp_path, "c")])
+    sets = [arg for s in setting.split() for arg in ("--set", s)]
+    code, err = h.cli(["run", *tiny, *sets, *h.dirs(tmp_path, "c")])
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_tuning_on_the_validation_split_is_allowed_when_nothing_is_selected():
+    from dllm_rl.config import EvalConfig
+
+    EvalConfig(split="validation", val_split="validation", every=10)  # monitoring, not selection
+    with pytest.raises(ValueError, match="select=best"):
+        EvalConfig(split="validation", val_split="validation", every=10, select="best")
 
 
 def test_tensorboard_tracker_gets_the_curve(tmp_path, tiny, h):

@@ -6,25 +6,13 @@ import stat
 import pytest
 from click.testing import CliRunner
 
-from dllm_rl.cli import cli, main
+from dllm_rl.cli import cli
 from dllm_rl.results import TIMING_KEYS
 
 TINY = ["--set", "pretrain.steps=30", "--set", "optim.max_steps=2", "--set", "rollout.num_prompts=4",
         "--set", "rollout.group_size=2", "--set", "eval.max_examples=12", "--set", "algorithm.mu=2"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path_factory.getbasetemp() / "dllm_rl_cache"))
-
-
-def run_main(args, capsys):
-    """Call the real entry point (its exit-code and error handling included)."""
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -39,21 +27,21 @@ def run_main(args, capsys):
     (["run", "--recipe", "/nonexistent/recipe.yaml"], "does not exist"),
     (["compare", "/nonexistent/results"], "does not exist"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
-    code, _, err = run_main(args, capsys)
+def test_bad_input_is_one_line_and_exit_2(args, needle, capsys, run_main):
+    code, _, err = run_main(args)
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_unwritable_output_dir_is_one_line_and_exit_2(tmp_path, capsys):
+def test_unwritable_output_dir_is_one_line_and_exit_2(tmp_path, capsys, run_main):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
     if os.access(locked, os.W_OK):  # running as root: permissions do not bind, use a file as the folder
         locked = tmp_path / "a-file"
         locked.write_text("")
-    code, _, err = run_main(["run", "--results-dir", str(locked / "results"), *TINY], capsys)
+    code, _, err = run_main(["run", "--results-dir", str(locked / "results"), *TINY])
     assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1
 
 
@@ -61,10 +49,10 @@ def _without_timing(result):
     return {k: v for k, v in result.items() if k not in TIMING_KEYS}
 
 
-def test_same_seed_same_results_file_and_compare(tmp_path, capsys):
+def test_same_seed_same_results_file_and_compare(tmp_path, capsys, run_main):
     outputs = []
     for _ in range(2):  # the same command twice, into the same folders
-        code, out, err = run_main(["run", "--results-dir", str(tmp_path / "a"), "--run-dir", str(tmp_path / "runs-a"), *TINY], capsys)
+        code, out, err = run_main(["run", "--results-dir", str(tmp_path / "a"), "--run-dir", str(tmp_path / "runs-a"), *TINY])
         assert code == 0, err
         outputs.append(json.loads((tmp_path / "a" / "tiny__sudoku__espo__seed0.json").read_text()))
     a, b = outputs
@@ -76,7 +64,7 @@ def test_same_seed_same_results_file_and_compare(tmp_path, capsys):
     lines = (tmp_path / "runs-a" / "tiny__sudoku__espo__seed0" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [0, 1]
 
-    code, out, _ = run_main(["compare", str(tmp_path / "a"), "--format", "csv"], capsys)
+    code, out, _ = run_main(["compare", str(tmp_path / "a"), "--format", "csv"])
     assert code == 0
     rows = [line.split(",") for line in out.strip().splitlines()]
     assert rows[0][:3] == ["model", "algorithm", "sudoku L=24"]
@@ -86,8 +74,8 @@ def test_same_seed_same_results_file_and_compare(tmp_path, capsys):
     assert float(delta[2]) == pytest.approx(expected, abs=0.051)
 
 
-def test_other_seed_changes_the_run(tmp_path, capsys):
-    run_main(["run", "--seed", "1", "--results-dir", str(tmp_path), "--run-dir", str(tmp_path / "runs"), *TINY], capsys)
+def test_other_seed_changes_the_run(tmp_path, capsys, run_main):
+    run_main(["run", "--seed", "1", "--results-dir", str(tmp_path), "--run-dir", str(tmp_path / "runs"), *TINY])
     result = json.loads((tmp_path / "tiny__sudoku__espo__seed1.json").read_text())
     assert result["seed"] == 1 and result["config"]["seed"] == 1
 

@@ -7,31 +7,19 @@ import lm_eval.evaluator  # noqa: F401  (one-time imports of several seconds eac
 import pytest
 
 import dllm_rl.models.tiny_family  # noqa: F401
-from dllm_rl.cli import main
 
 TASKS = str(Path(__file__).parents[1] / "fixtures" / "lm_eval")
 TINY = ["--task", "sudoku", "--set", "pretrain.steps=5", "--set", "task.train_puzzles_per_grid=1",
         "--set", "pretrain.hidden_size=32", "--set", "pretrain.intermediate_size=64", "--set", "pretrain.num_layers=1"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path_factory.getbasetemp() / "dllm_rl_cache"))
 
 
-def run_main(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
-
-
-def test_lm_eval_from_the_command_line_writes_one_results_file(tmp_path, capsys):
+def test_lm_eval_from_the_command_line_writes_one_results_file(tmp_path, capsys, run_main):
     out = tmp_path / "lm.json"
     code, stdout, err = run_main(["evaluate", *TINY, "--lm-eval", "dllm_tiny_sudoku_mc",
                                   "--lm-eval-include", TASKS, "--lm-eval-limit", "2", "--lm-eval-arg", "mc_samples=2", "--lm-eval-arg", "greedy_check=false",
-                                  "--lm-eval-output", str(out)], capsys)
+                                  "--lm-eval-output", str(out)])
     assert code == 0, err
     data = json.loads(out.read_text())
     assert data["schema"] == "dllm-rl/lm-eval/v1" and data["model"] == "tiny" and data["limit"] == 2
@@ -48,7 +36,7 @@ def test_lm_eval_from_the_command_line_writes_one_results_file(tmp_path, capsys)
     (["--lm-eval", "x", "--lm-eval-arg", "mc_sample=3"], "unknown setting 'lm-eval.mc_sample'"),
     (["--lm-eval", " , "], "no lm-eval tasks"),
 ])
-def test_bad_lm_eval_input_is_one_line_and_exit_2(args, needle, capsys):
-    code, _, err = run_main(["evaluate", *TINY, *args], capsys)
+def test_bad_lm_eval_input_is_one_line_and_exit_2(args, needle, capsys, run_main):
+    code, _, err = run_main(["evaluate", *TINY, *args])
     assert code == 2 and needle in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

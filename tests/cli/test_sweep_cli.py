@@ -1,43 +1,30 @@
 """`dllm-rl sweep` end to end on the tiny model (2-step runs), resumed, then `compare` with plots."""
 import json
 
-import pytest
 
-from dllm_rl.cli import main
 
 TINY = ["--set", "pretrain.steps=30", "--set", "optim.max_steps=2", "--set", "rollout.num_prompts=4",
         "--set", "rollout.group_size=2", "--set", "eval.max_examples=12", "--set", "algorithm.mu=1"]
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path_factory.getbasetemp() / "dllm_rl_cache"))
 
 
-def run_main(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
-
-
-def test_sweep_writes_one_file_per_run_resumes_and_compares(tmp_path, capsys):
+def test_sweep_writes_one_file_per_run_resumes_and_compares(tmp_path, capsys, run_main):
     out = tmp_path / "res"
     args = ["sweep", "--algo", "wd1", "--task", "sudoku", "--seeds", "0,1", "--out", str(out),
             "--run-dir", str(tmp_path / "runs"), *TINY]
-    code, stdout, err = run_main(args, capsys)
+    code, stdout, err = run_main(args)
     assert code == 0, err
     files = sorted(p.name for p in out.glob("*.json"))
     assert files == ["tiny__sudoku__wd1__seed0.json", "tiny__sudoku__wd1__seed1.json"]
     first = [json.loads((out / f).read_text()) for f in files]
     assert [r["seed"] for r in first] == [0, 1] and "2 ran, 0 skipped" in stdout
 
-    code, stdout, _ = run_main(args, capsys)  # the same command again: nothing to do
+    code, stdout, _ = run_main(args)  # the same command again: nothing to do
     assert code == 0 and "0 ran, 2 skipped" in stdout
     assert [json.loads((out / f).read_text()) for f in files] == first
 
-    code, stdout, err = run_main(["compare", str(out), "--format", "csv", "--plots", str(tmp_path / "plots")], capsys)
+    code, stdout, err = run_main(["compare", str(out), "--format", "csv", "--plots", str(tmp_path / "plots")])
     assert code == 0, err
     rows = [line.split(",") for line in stdout.strip().splitlines()]
     assert rows[0][-1] == "n" and rows[2][1] == "wd1" and rows[2][-1] == "2"
@@ -46,11 +33,11 @@ def test_sweep_writes_one_file_per_run_resumes_and_compares(tmp_path, capsys):
     assert (tmp_path / "plots" / "reward_sudoku.png").stat().st_size > 5000
 
 
-def test_sweep_bad_input_is_one_line(tmp_path, capsys):
+def test_sweep_bad_input_is_one_line(tmp_path, capsys, run_main):
     for args, needle in [(["sweep", "--task", "sudoku"], "at least one algorithm"),
                          (["sweep", "--algo", "espo", "--task", "sudoku", "--seeds", "a,b"], "bad --seeds"),
                          (["sweep", "--algo", "espo", "--task", "sudoku", "--variant", "k1"], "bad --variant"),
                          (["sweep", "--grid", str(tmp_path / "missing.yaml")], "does not exist"),
                          (["compare", str(tmp_path), "--plots", str(tmp_path / "p")], "no results files")]:
-        code, _, err = run_main(args, capsys)
+        code, _, err = run_main(args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)

@@ -80,6 +80,18 @@ class RolloutConfig:
     block_length: int = 32
     temperature: float = 0.9
     remasking: str = "low_confidence"
+    threshold: float | None = None
+    """Confidence-threshold parallel decoding (Fast-dLLM): commit every token of the current block above
+    this confidence, at least one per step (steps then adapt per row); None = the fixed schedule."""
+    early_stop: bool = False
+    """Stop a row once its remaining masked positions all follow a committed block containing EOS,
+    filling them with EOS (exact whenever the model would decode EOS there)."""
+
+    def __post_init__(self):
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1] or null, got {self.threshold}")
+        if self.threshold is not None and self.remasking not in ("low_confidence", "margin"):
+            raise ValueError(f"threshold needs remasking low_confidence or margin, got {self.remasking!r}")
 
 
 @dataclass

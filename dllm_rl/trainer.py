@@ -109,7 +109,7 @@ class Trainer:
             raise UsageError(f"eval.val_split {run.eval.val_split!r} is not a split of task {run.task.name!r}; "
                              f"valid: {', '.join(s for s in task.splits if s != run.eval.split)}")
         self.sampler = SamplerConfig(gen_length=gen_length, steps=r.steps, block_length=r.block_length,
-                                     temperature=r.temperature, remasking=r.remasking)
+                                     temperature=r.temperature, remasking=r.remasking, threshold=r.threshold, eos_id=adapter.eos_id if r.early_stop else None)
         self.primary = task.protocol(adapter.prompt_style).primary_metric
         self.state = TrainState()
 

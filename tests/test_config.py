@@ -156,3 +156,13 @@ def test_load_yaml(tmp_path):
     broken.write_text("a: [1, 2\n")
     with pytest.raises(UsageError, match="not valid YAML"):
         load_yaml(broken)
+
+
+def test_rollout_threshold_and_early_stop_are_checked():
+    run = from_dict(RunConfig, {"rollout": {"threshold": 0.9, "early_stop": True}})
+    assert run.rollout.threshold == 0.9 and run.rollout.early_stop is True
+    assert RunConfig().rollout.threshold is None and RunConfig().rollout.early_stop is False
+    with pytest.raises(UsageError, match="threshold must be in"):
+        from_dict(RunConfig, {"rollout": {"threshold": 1.5}})
+    with pytest.raises(UsageError, match="remasking"):
+        from_dict(RunConfig, {"rollout": {"threshold": 0.9, "remasking": "random"}})

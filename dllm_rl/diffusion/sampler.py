@@ -1,7 +1,13 @@
 """Masked-diffusion sampler: iterative unmasking with low-confidence or random remasking,
 semi-autoregressive blocks, temperature sampling with fp64 Gumbel noise (greedy at temperature 0),
 and correct handling of left-padded batches: every row draws its noise from its own generator, so
-a padded batch gives the same output as each row sampled alone."""
+a padded batch gives the same output as each row sampled alone.
+
+Two cheaper-rollout options: confidence-threshold parallel decoding (Fast-dLLM: commit every
+position of the current block whose confidence clears a threshold, at least one per step, so the
+step count adapts per row) and early stop (a row whose remaining masked positions all lie in blocks
+after a finished block containing EOS is filled with EOS and leaves the batch). Finished rows drop
+out of the forward passes; ``row_nfe`` counts each row's own forward passes."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,10 +29,25 @@ class SamplerConfig:
     remasking: str = "low_confidence"
     top_k: int | None = None
     top_p: float | None = None
+    threshold: float | None = None
+    """Confidence-threshold parallel decoding (Fast-dLLM): each step commits every masked position of
+    the row's current block whose confidence (low_confidence: the model's probability of the chosen
+    token; margin: its top-2 gap) is above this, and at least the most confident one; ``steps`` is
+    then ignored. None = the fixed schedule; 1.0 = one token per step."""
+    eos_id: int | None = None
+    """Early stop: once every masked position of a row lies in blocks after a fully committed block
+    containing this token, the rest is filled with it (log-prob 0) without further forward passes.
+    None = off."""
 
     def __post_init__(self):
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
+        if self.threshold is not None:
+            if self.remasking not in ("low_confidence", "margin"):
+                raise ValueError(f"threshold needs a probability-valued confidence (remasking low_confidence or margin), "
+                                 f"got remasking={self.remasking!r}")
+            if not 0.0 <= self.threshold <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
 
     @property
     def num_steps(self) -> int:
@@ -38,7 +59,8 @@ class SampleOutput:
     completions: torch.Tensor  # [B, L]
     commit_step: torch.Tensor  # [B, L] denoising step at which each token was committed
     logprobs: torch.Tensor  # [B, L] log-prob of each committed token under the sampling distribution
-    nfe: int  # forward passes (number of function evaluations) per row
+    nfe: int  # batched forward passes (number of function evaluations); the max of row_nfe
+    row_nfe: torch.Tensor  # [B] forward passes each row took part in (what it costs sampled alone)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,13 +111,44 @@ def _block_steps(gen_length: int, block_length: int, steps: int) -> list[tuple[i
     return [(s, min(s + block_length, gen_length), max(1, n)) for s, n in zip(starts, per)]
 
 
+def _fixed_plan(cfg: SamplerConfig) -> list[tuple[int, int, int]]:
+    """(block start, block end, tokens to commit) of every step of the fixed schedule."""
+    return [(start, end, n) for start, end, n_steps in _block_steps(cfg.gen_length, cfg.block_length, cfg.num_steps)
+            for n in _transfer_counts(end - start, n_steps)]
+
+
+def _propose(raw: torch.Tensor, cfg: SamplerConfig, mask_id: int, generators: list[torch.Generator] | None):
+    """Token choice, its log-prob under the sampling distribution and the remasking confidence [b, L]
+    from fp64 logits [b, L, V] (one generator per row, drawn in row order)."""
+    raw[..., mask_id] = float("-inf")  # never commit the mask token itself
+    logits = sampling_logits(raw, cfg.temperature, cfg.top_k, cfg.top_p)
+    if cfg.temperature > 0:
+        noise = torch.stack([torch.rand(logits.shape[1:], generator=g, dtype=torch.float64) for g in generators])
+        gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
+        chosen = (logits + gumbel).argmax(-1)
+    else:
+        chosen = logits.argmax(-1)
+    logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
+    if cfg.remasking == "low_confidence":  # the model's own (unfiltered) probability, as in LLaDA
+        conf = torch.softmax(raw, -1).gather(-1, chosen[..., None]).squeeze(-1)
+    elif cfg.remasking == "entropy":  # Dream's default: lowest entropy of the sampling distribution first
+        conf = -torch.special.entr(torch.softmax(logits, -1)).sum(-1)
+    elif cfg.remasking == "margin":  # Dream's topk_margin: largest gap between the two most likely tokens
+        top2 = torch.softmax(logits, -1).topk(2, dim=-1).values
+        conf = top2[..., 0] - top2[..., 1]
+    else:
+        conf = torch.stack([torch.rand(raw.shape[1], generator=g, dtype=torch.float64) for g in generators])
+    return chosen, logp, conf
+
+
 @torch.no_grad()
 def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg: SamplerConfig,
              generators: list[torch.Generator] | None = None) -> SampleOutput:
     """Sample completions of ``cfg.gen_length`` tokens for token-id ``prompts``.
 
     ``logits_fn(input_ids, attention_mask)`` returns position-aligned logits. ``generators`` (one per
-    row) are required when temperature > 0 or remasking is random."""
+    row) are required when temperature > 0 or remasking is random. Each step runs one forward pass
+    over the rows still decoding; a row's commits and noise draws depend on its own state only."""
     stochastic = cfg.temperature > 0 or cfg.remasking == "random"
     if stochastic and (generators is None or len(generators) != len(prompts)):
         raise ValueError("sampling with temperature > 0 or random remasking needs one generator per row")
@@ -105,37 +158,51 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
     attn = torch.cat([prompt_mask, torch.ones(b, length, dtype=torch.long)], dim=1)
     commit = torch.full((b, length), -1, dtype=torch.long)
     logprobs = torch.zeros(b, length)
-    step = 0
-    for start, end, n_steps in _block_steps(length, cfg.block_length, cfg.num_steps):
-        for n_commit in _transfer_counts(end - start, n_steps):
-            raw = logits_fn(x, attn)[:, tp:].double().cpu()  # fp64: low-precision Gumbel noise biases sampling
-            raw[..., mask_id] = float("-inf")  # never commit the mask token itself
-            logits = sampling_logits(raw, cfg.temperature, cfg.top_k, cfg.top_p)
-            if cfg.temperature > 0:
-                noise = torch.stack([torch.rand(logits.shape[1:], generator=g, dtype=torch.float64) for g in generators])
-                gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
-                chosen = (logits + gumbel).argmax(-1)
-            else:
-                chosen = logits.argmax(-1)
-            logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
-            if cfg.remasking == "low_confidence":  # the model's own (unfiltered) probability, as in LLaDA
-                conf = torch.softmax(raw, -1).gather(-1, chosen[..., None]).squeeze(-1)
-            elif cfg.remasking == "entropy":  # Dream's default: lowest entropy of the sampling distribution first
-                conf = -torch.special.entr(torch.softmax(logits, -1)).sum(-1)
-            elif cfg.remasking == "margin":  # Dream's topk_margin: largest gap between the two most likely tokens
-                top2 = torch.softmax(logits, -1).topk(2, dim=-1).values
-                conf = top2[..., 0] - top2[..., 1]
-            else:
-                conf = torch.stack([torch.rand(length, generator=g, dtype=torch.float64) for g in generators])
-            still_masked = x[:, tp:] == mask_id
-            in_block = torch.zeros(length, dtype=torch.bool)
-            in_block[start:end] = True
-            conf = conf.masked_fill(~(still_masked & in_block), float("-inf"))
-            if n_commit > 0:
-                top = conf.topk(n_commit, dim=-1).indices  # same count for every row: all rows share L
-                rows = torch.arange(b)[:, None]
-                x[:, tp:][rows, top] = chosen[rows, top]
-                commit[rows, top] = step
-                logprobs[rows, top] = logp[rows, top].float()
-            step += 1
-    return SampleOutput(completions=x[:, tp:].clone(), commit_step=commit, logprobs=logprobs, nfe=step)
+    row_nfe = torch.zeros(b, dtype=torch.long)
+    active = torch.ones(b, dtype=torch.bool)
+    block_of = torch.arange(length) // cfg.block_length  # block index of every completion position
+    plan = _fixed_plan(cfg) if cfg.threshold is None else None
+    t = 0
+    while bool(active.any()) and (plan is None or t < len(plan)):
+        idx = active.nonzero().squeeze(1)
+        n = len(idx)
+        gens = None if generators is None else [generators[i] for i in idx.tolist()]
+        raw = logits_fn(x[idx], attn[idx])[:, tp:].double().cpu()  # fp64: low-precision Gumbel noise biases sampling
+        chosen, logp, conf = _propose(raw, cfg, mask_id, gens)
+        y = x[idx, tp:]
+        masked = y == mask_id
+        if plan is None:  # threshold: the row's current block is the one of its first masked position
+            current = block_of[masked.int().argmax(1)]
+            eligible = masked & (block_of[None, :] == current[:, None])
+            conf = conf.masked_fill(~eligible, float("-inf"))
+            select = eligible & (conf > cfg.threshold)
+            select[torch.arange(n), conf.argmax(1)] = True
+        else:
+            start, end, n_commit = plan[t]
+            in_block = (torch.arange(length) >= start) & (torch.arange(length) < end)
+            conf = conf.masked_fill(~(masked & in_block), float("-inf"))
+            select = torch.zeros_like(masked)
+            if n_commit > 0:  # same count for every row: all rows share the fixed schedule
+                select.scatter_(1, conf.topk(n_commit, dim=-1).indices, True)
+        step = row_nfe[idx][:, None]
+        y = torch.where(select, chosen, y)
+        commit[idx] = torch.where(select, step, commit[idx])
+        logprobs[idx] = torch.where(select, logp.float(), logprobs[idx])
+        row_nfe[idx] += 1
+        masked = y == mask_id
+        finished = ~masked.any(1) if plan is None else torch.zeros(n, dtype=torch.bool)
+        if cfg.eos_id is not None:  # early stop: EOS in a block before every remaining masked position
+            far = torch.tensor(length)
+            first_eos = torch.where(y == cfg.eos_id, block_of, far).min(1).values
+            first_masked = torch.where(masked, block_of, far).min(1).values
+            stop = masked.any(1) & (first_eos < first_masked)
+            fill = masked & stop[:, None]
+            y = y.masked_fill(fill, cfg.eos_id)
+            commit[idx] = torch.where(fill, row_nfe[idx][:, None], commit[idx])
+            logprobs[idx] = logprobs[idx].masked_fill(fill, 0.0)
+            finished |= stop
+        x[idx, tp:] = y
+        active[idx[finished]] = False
+        t += 1
+    return SampleOutput(completions=x[:, tp:].clone(), commit_step=commit, logprobs=logprobs,
+                        nfe=int(row_nfe.max()), row_nfe=row_nfe)

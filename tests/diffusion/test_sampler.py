@@ -303,3 +303,151 @@ def test_entropy_and_margin_remasking_order_positions_by_their_own_criterion():
     assert order("low_confidence") == [0, 2, 1]  # top probabilities 0.5, 0.45, 0.48
     with pytest.raises(ValueError, match="remasking"):
         SamplerConfig(remasking="maskgit")
+
+
+# -- confidence-threshold parallel decoding and early stop ------------------------------------------
+
+def counting(fn):
+    calls = []
+
+    def wrapped(ids, attn):
+        calls.append(ids.shape[0])
+        return fn(ids, attn)
+    return wrapped, calls
+
+
+def assert_same_output(a, b):
+    assert torch.equal(a.completions, b.completions)
+    assert torch.equal(a.commit_step, b.commit_step)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-6)
+    assert a.nfe == b.nfe and torch.equal(a.row_nfe, b.row_nfe)
+
+
+@pytest.mark.parametrize("temperature,remasking", [(0.0, "low_confidence"), (1.0, "low_confidence"), (0.0, "margin")])
+def test_threshold_one_is_one_token_per_step_decoding(logits_fn, temperature, remasking):
+    """No confidence exceeds 1, so threshold 1.0 commits exactly the most confident token per step:
+    the fixed schedule with steps = gen_length, token for token and step for step."""
+    base = dict(gen_length=12, block_length=4, temperature=temperature, remasking=remasking)
+    fixed = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**base, steps=12), gens([1, 2, 3, 4]))
+    thr = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**base, threshold=1.0), gens([1, 2, 3, 4]))
+    assert_same_output(thr, fixed)
+    assert thr.nfe == 12 and thr.row_nfe.tolist() == [12] * 4
+
+
+def test_threshold_commits_every_position_above_it_and_at_least_one():
+    """Context-free p(token 3) = 0.95, 0.3, 0.97, 0.2, 0.6 (token 4 has the rest), so the chosen
+    tokens' confidences are 0.95, 0.7, 0.97, 0.8, 0.6: with threshold 0.9 step 0 commits positions 0
+    and 2 together, then nothing clears it, so one per step by confidence (3, then 1, then 4)."""
+    top = torch.tensor([0.95, 0.3, 0.97, 0.2, 0.6])
+    gen_length = 5
+
+    def fn(ids, attn):
+        logits = torch.full((ids.shape[0], ids.shape[1], 6), -30.0)
+        tp = ids.shape[1] - gen_length
+        logits[:, tp:, 3] = (top / (1 - top)).log()  # p(3) = top, p(4) = 1 - top (the rest ~0)
+        logits[:, tp:, 4] = 0.0
+        return logits
+
+    out = generate(fn, [[4, 5]], MASK, PAD, SamplerConfig(gen_length=5, block_length=5, threshold=0.9))
+    assert out.commit_step.tolist() == [[0, 2, 0, 1, 3]]
+    assert out.completions.tolist() == [[3, 4, 3, 4, 3]]  # argmax: token 4 where top < 0.5
+    assert out.nfe == 4
+    # two blocks: the threshold is applied within the current block only
+    out = generate(fn, [[4, 5]], MASK, PAD, SamplerConfig(gen_length=5, block_length=2, threshold=0.9))
+    assert out.commit_step.tolist() == [[0, 1, 2, 3, 4]]  # block (0,1): 0.95 first; block (2,3): 0.97; block (4)
+
+
+def test_threshold_nfe_is_far_below_half_the_length_on_a_confident_model():
+    gen_length = 32
+
+    def confident(ids, attn):  # every position predicts token 3 with probability ~1
+        logits = torch.zeros(ids.shape[0], ids.shape[1], 6)
+        logits[..., 3] = 20.0
+        return logits
+
+    fn, calls = counting(confident)
+    out = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(gen_length=gen_length, block_length=8, threshold=0.9))
+    assert out.nfe == 4 == len(calls) < gen_length // 2  # one pass per block
+    assert bool((out.completions == 3).all())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_threshold_padded_batch_equals_rows_alone_and_counts_true_forward_passes(logits_fn, temperature):
+    cfg = SamplerConfig(gen_length=16, block_length=8, temperature=temperature, threshold=0.35)
+    seeds = [21, 22, 23, 24]
+    fn, calls = counting(logits_fn)
+    batch = generate(fn, PROMPTS, MASK, PAD, cfg, gens(seeds))
+    alone = run_alone(logits_fn, cfg, seeds)
+    assert_batch_equals_alone(batch, alone)
+    assert batch.row_nfe.tolist() == [o.nfe for o in alone]
+    assert len(set(batch.row_nfe.tolist())) > 1  # rows finish at different steps ...
+    assert len(calls) == batch.nfe == int(batch.row_nfe.max())  # ... and leave the batch when done
+    assert sum(calls) == int(batch.row_nfe.sum())
+    assert bool((batch.commit_step >= 0).all()) and bool((batch.completions != MASK).all())
+    for row, n in zip(batch.commit_step, batch.row_nfe):
+        assert int(row.max()) == int(n) - 1 and set(row.tolist()) == set(range(int(n)))  # >= 1 token per pass
+        assert int(row[:8].max()) < int(row[8:].min())  # blocks in order
+
+
+def test_threshold_validation():
+    with pytest.raises(ValueError, match="threshold"):
+        SamplerConfig(threshold=0.9, remasking="entropy")
+    with pytest.raises(ValueError, match="threshold"):
+        SamplerConfig(threshold=1.5)
+
+
+EOS = 2
+
+
+def eos_after(fn, first_eos_position):
+    """The model ``fn`` made to emit EOS (with near certainty) at completion positions >= p."""
+    def wrapped(ids, attn):
+        logits = fn(ids, attn).clone()
+        logits[:, ids.shape[1] - 12 + first_eos_position:, EOS] += 60.0
+        return logits
+    return wrapped
+
+
+@pytest.mark.parametrize("threshold,temperature", [(None, 0.0), (None, 1.0), (0.6, 0.0)])
+def test_early_stop_equals_full_decoding_on_a_model_that_emits_eos_after_a_point(logits_fn, threshold, temperature):
+    """EOS from position 5 on, blocks of 4: rows stop once block (4, 8) is committed, skipping block
+    (8, 12). The completions equal full decoding; only the forward passes of the skipped block go."""
+    fn = eos_after(logits_fn, 5)
+    base = dict(gen_length=12, steps=6, block_length=4, temperature=temperature, threshold=threshold)
+    seeds = [5, 6, 7, 8]
+    full = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**base), gens(seeds))
+    counted, calls = counting(fn)
+    early = generate(counted, PROMPTS, MASK, PAD, SamplerConfig(**base, eos_id=EOS), gens(seeds))
+    assert bool((full.completions[:, 5:] == EOS).all()) and not bool((full.completions[:, :5] == EOS).any())
+    assert torch.equal(early.completions, full.completions)
+    assert torch.allclose(early.logprobs, full.logprobs, atol=1e-6)  # forced EOS has log-prob ~0 in full decoding
+    assert torch.equal(early.commit_step[:, :8], full.commit_step[:, :8])
+    assert torch.equal(early.commit_step[:, 8:], early.row_nfe[:, None].expand(4, 4))  # filled after the last pass
+    if threshold is None:
+        assert early.row_nfe.tolist() == [4] * 4 and full.nfe == 6  # 2 of 3 blocks' steps
+    else:
+        assert bool((early.row_nfe < full.row_nfe).all())
+    assert len(calls) == early.nfe and sum(calls) == int(early.row_nfe.sum())
+    # a padded batch still equals each row alone
+    assert_batch_equals_alone(early, [generate(fn, [p], MASK, PAD, SamplerConfig(**base, eos_id=EOS), gens([s]))
+                                      for p, s in zip(PROMPTS, seeds)])
+
+
+def test_early_stop_waits_for_the_eos_block_to_finish_and_changes_nothing_without_eos(logits_fn):
+    # EOS only in the last block: nothing to skip, output identical to full decoding
+    cfg = dict(gen_length=12, steps=6, block_length=4)
+    fn = eos_after(logits_fn, 9)
+    full = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**cfg))
+    early = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**cfg, eos_id=EOS))
+    assert_same_output(early, full)
+    # a committed EOS in a block whose other positions are still masked does not stop the row: a
+    # model that puts EOS at position 4 only, and token 3 after it, must still decode blocks 2 and 3
+    def eos_in_middle(ids, attn):
+        logits = torch.zeros(ids.shape[0], ids.shape[1], 6)
+        tp = ids.shape[1] - 12
+        logits[:, tp:, 3] = 5.0
+        logits[:, tp + 4, EOS] = 10.0
+        return logits
+    out = generate(eos_in_middle, [[4]], MASK, PAD, SamplerConfig(**cfg, eos_id=EOS))
+    assert out.completions.tolist() == [[3] * 4 + [EOS] + [3] * 3 + [EOS] * 4]  # stops after block 2
+    assert out.nfe == 4

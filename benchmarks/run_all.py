@@ -1,0 +1,122 @@
+"""Run every benchmark and write BENCHMARKS.md (tables) and results/benchmarks/*.json.
+
+Each speed measurement runs in its own process (so its peak memory is its own) with the same
+OMP_NUM_THREADS; ratios measured in one run on one machine are what the tables report.
+Usage: OMP_NUM_THREADS=1 DLLM_RL_CACHE=... python benchmarks/run_all.py [--skip-accuracy]"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import MODELS, ROOT, machine, md_table, read_json, write_json  # noqa: E402
+from dllm_rl.results import atomic_write_text  # noqa: E402
+
+UPDATES = [(1, "iteration"), (2, "iteration"), (2, "rollout")]
+
+
+def speed(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), *args], check=True,
+                         capture_output=True, text=True, env=os.environ.copy())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def speed_section(data: dict) -> str:
+    m = data["machine"]
+    parts = [f"Machine: {m['cpus']} CPUs shared with other jobs (load average {m['load_avg_1m']} at start, "
+             f"{data['machine_end']['load_avg_1m']} at end), OMP_NUM_THREADS={m['omp_num_threads']}, torch {m['torch']}, "
+             f"{m['date']}. Random-init weights (speed does not depend on them); fixed L/2-step schedule."]
+    rows = []
+    for s in data["sampler"]:
+        for label in ("greedy", "t0.9"):
+            r = s[label]
+            rows.append([s["model"], f"{s['params'] / 1e6:.2f}M", f"{s['batch']}x({s['prompt']}+{s['gen_length']})", label,
+                         f"{r['nfe_per_sample']:.0f}", f"{r['tokens_per_s']:.0f}", f"{s['forward_tokens_per_s']:.0f}",
+                         f"{r['bound_tokens_per_s']:.0f}", f"**{r['ratio_to_bound']:.2f}**", f"{s['peak_rss_mb']:.0f}"])
+    parts.append("### Sampler vs forward-only bound\n\nBound = generated tokens/s if the sampler did nothing but its NFE "
+                 "plain batched forward passes (measured at the same [batch, prompt + L] shape).\n\n" + md_table(
+                     ["model", "params", "batch x (prompt+L)", "decoding", "NFE/sample", "sampler gen tok/s",
+                      "forward tok/s (processed)", "bound gen tok/s", "sampler / bound", "peak RSS MB"], rows))
+    rows = []
+    for u in data["update"]:
+        rows.append([u["model"], u["mu"], u["masks_per"], u["M"], f"{u['grad_passes_per_sample']:.0f}",
+                     f"{u['nograd_passes_per_sample']:.0f}", f"{u['forward_equivalents_per_sample']:.0f}",
+                     u["flop_model_fe"], u["flop_model_with_old_ref_fe"], u["public_trainer_fe"],
+                     f"**{u['forward_equivalents_per_sample'] / u['flop_model_with_old_ref_fe']:.2f}**",
+                     f"{u['backward_over_forward']:.2f}", f"**{u['measured_over_predicted']:.2f}**", f"{u['peak_rss_mb']:.0f}"])
+    parts.append("### One ESPO policy update against the FLOP model\n\nPasses are counted per sample with a forward "
+                 "hook (grad passes get one backward each); forward-equivalents (fe) = no-grad + 3 x grad passes "
+                 "(backward = 2 forwards, Kaplan et al.). Paper model: 6 mu M fe per sample for the update "
+                 "(2ND(K + 6 mu M) in all); with old/ref: plus the old-policy (none at mu=1, iteration 0 reuses the "
+                 "current ELBO) and reference ELBO passes this trainer runs; public trainers: old and ref for every "
+                 "iteration (4 mu M extra forwards). Predicted time = fe x measured batched forward time. "
+                 "M=2 coupled, beta=0.01.\n\n" + md_table(
+                     ["model", "mu", "masks per", "M", "grad passes", "no-grad passes", "measured fe", "paper 6muM",
+                      "+ old/ref (ours)", "public trainers", "measured / ours", "bwd/fwd time", "time measured / predicted",
+                      "peak RSS MB"], rows))
+    rows = []
+    for s in data["sampler"]:
+        for u in (u for u in data["update"] if u["model"] == s["model"]):
+            k = s["t0.9"]["nfe_per_sample"]
+            t_roll, t_upd = s["t0.9"]["seconds"] * u["forward_s"] / s["forward_s"], u["seconds"]
+            fe = k + u["forward_equivalents_per_sample"]
+            rows.append([s["model"], u["mu"], u["masks_per"], f"{k:.0f}", f"{fe:.0f}", f"{k + 6 * u['mu'] * u['M']:.0f}",
+                         f"{fe / (k + 6 * u['mu'] * u['M']):.2f}", f"{t_roll / (t_roll + t_upd):.2f}",
+                         f"**{(s['t0.9']['seconds'] + t_upd) / (fe * s['forward_s']):.2f}**"])
+    parts.append("### One RL step (rollout at temperature 0.9 + update), per sample\n\nStep time / (fe x batched forward "
+                 "time); rollout share is of wall-clock time.\n\n" + md_table(
+                     ["model", "mu", "masks per", "K", "fe (K + update)", "paper K + 6muM", "fe / paper", "rollout share",
+                      "time / predicted"], rows))
+    return "\n\n".join(parts)
+
+
+def accuracy_section(data: dict) -> str:
+    m = data["machine"]
+    rows = []
+    for task, variants in data["tasks"].items():
+        for r in variants:
+            rows.append([task, r["variant"], r["gen_length"], f"{100 * r['accuracy']:.1f} ± {100 * r['stderr']:.1f}",
+                         f"{100 * r['accuracy_delta']:+.1f}", f"{r['nfe_per_sample']:.1f}", f"**{r['nfe_ratio']:.2f}**",
+                         f"{r['time_ratio']:.2f}", f"{r['same_text_frac']:.2f}", r["n"]])
+    return (f"Greedy decoding of the cached tiny base checkpoints (the ESPO starting point) on the {data['split']} split; "
+            f"NFE = each row's own forward passes (rows leave the batch when done). Load average {m['load_avg_1m']}, "
+            f"OMP_NUM_THREADS={m['omp_num_threads']}.\n\n" + md_table(
+                ["task", "decoding", "L", "accuracy %", "Δ vs L/2", "NFE/sample", "NFE / L/2 baseline", "time ratio",
+                 "same text as baseline", "n"], rows))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skip-accuracy", action="store_true")
+    p.add_argument("--skip-speed", action="store_true", help="reuse results/benchmarks/speed.json")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    if not a.skip_speed:
+        data = {"machine": machine(), "sampler": [], "update": []}
+        for name in MODELS:
+            data["sampler"].append(speed("--model", name, "--part", "sampler", "--repeats", str(a.repeats)))
+            for mu, per in UPDATES:
+                data["update"].append(speed("--model", name, "--part", "update", "--mu", str(mu), "--masks-per", per,
+                                            "--repeats", str(a.repeats)))
+            print(f"speed: {name} done", flush=True)
+        data["machine_end"] = machine()
+        write_json("speed", data)
+    if not a.skip_accuracy:
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "threshold_accuracy.py")], check=True)
+    sections = ["# Benchmarks\n\nGenerated by `python benchmarks/run_all.py` (JSON in results/benchmarks/). "
+                "Ratios measured in one run on one machine are what count; absolute seconds vary with the load."]
+    speed_data, acc_data = read_json("speed"), read_json("threshold_accuracy")
+    if speed_data:
+        sections.append("## Speed: sampler, policy update, FLOP model\n\n" + speed_section(speed_data))
+    if acc_data:
+        sections.append("## Cheaper rollouts: accuracy of threshold decoding (tiny model)\n\n" + accuracy_section(acc_data))
+    atomic_write_text(ROOT / "BENCHMARKS.md", "\n\n".join(sections) + "\n")
+    print("wrote BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Accuracy impact of the cheaper rollout options on the tiny model's held-out accuracy: greedy
+decoding of the cached base checkpoint (the model ESPO starts from) on the Sudoku and Countdown test
+splits, fixed L/2-step schedule (the evaluation protocol) against confidence-threshold decoding with
+and without EOS early stop. Reports accuracy, NFE per sample (each row's own forward passes) and the
+NFE ratio to the L/2 baseline; writes results/benchmarks/threshold_accuracy.json.
+
+Set DLLM_RL_CACHE to reuse cached base models (pretraining them takes minutes)."""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine, write_json  # noqa: E402
+from dllm_rl.diffusion.sampler import SamplerConfig, generate  # noqa: E402
+from dllm_rl.models import tiny_family  # noqa: E402
+from dllm_rl.pipeline import build_task, gen_length_of, resolve_config  # noqa: E402
+
+VARIANTS = [("fixed L/2 (baseline)", None, False), ("threshold 0.99", 0.99, False), ("threshold 0.95", 0.95, False),
+            ("threshold 0.9", 0.9, False), ("threshold 0.9 + early stop", 0.9, True), ("threshold 0.7", 0.7, False)]
+
+
+def evaluate(adapter, task, split, cfg: SamplerConfig, batch_size: int, max_examples: int | None):
+    style = adapter.prompt_style
+    examples = task.examples(split)[:max_examples]
+    prompts = [adapter.encode_prompt(task.prompt(ex, style)) for ex in examples]
+    texts, nfe = [], []
+    start = time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        out = generate(adapter.logits, prompts[i:i + batch_size], adapter.mask_id, adapter.pad_id, cfg)
+        texts.extend(adapter.decode(row) for row in out.completions)
+        nfe.append(out.row_nfe)
+    seconds = time.perf_counter() - start
+    primary = task.protocol(style).primary_metric
+    scores = [s[primary] for s in task.scores(examples, texts, style)]
+    acc = sum(scores) / len(scores)
+    return {"metric": primary, "accuracy": acc, "stderr": math.sqrt(max(acc * (1 - acc), 0.0) / len(scores)),
+            "n": len(scores), "nfe_per_sample": float(torch.cat(nfe).float().mean()), "seconds": seconds, "texts": texts}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["sudoku", "countdown"])
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    a = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    results = {"machine": machine(), "split": a.split, "tasks": {}}
+    for name in a.tasks:
+        run = resolve_config(algo="espo", task=name, model="tiny")
+        task = build_task(run)
+        adapter = tiny_family.load(run, task)
+        adapter.model.eval()
+        length = task.protocol(adapter.prompt_style).lengths[0]
+        rows, base = [], None
+        for label, threshold, early in VARIANTS:
+            cfg = SamplerConfig(gen_length=length, block_length=run.rollout.block_length, temperature=0.0, threshold=threshold,
+                                eos_id=adapter.eos_id if early else None)
+            r = evaluate(adapter, task, a.split, cfg, a.batch_size, a.max_examples)
+            texts = r.pop("texts")
+            if base is None:
+                base, base_texts = r, texts
+            r.update(variant=label, threshold=threshold, early_stop=early, gen_length=length,
+                     nfe_ratio=r["nfe_per_sample"] / base["nfe_per_sample"], accuracy_delta=r["accuracy"] - base["accuracy"],
+                     time_ratio=r["seconds"] / base["seconds"],
+                     same_text_frac=sum(t == u for t, u in zip(texts, base_texts)) / len(texts))
+            rows.append(r)
+            print(f"{name:10s} {label:28s} acc {100 * r['accuracy']:5.1f}  nfe {r['nfe_per_sample']:5.1f} "
+                  f"({r['nfe_ratio']:.2f}x)  same {r['same_text_frac']:.2f}  {r['seconds']:.1f}s", flush=True)
+        results["tasks"][name] = rows
+    write_json("threshold_accuracy", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,7 @@ class TrainState:
     curve: list[dict[str, float]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)
-    rollout_nfe: int = 0
+    rollout_nfe: float = 0.0
     best: dict[str, Any] | None = None
     """Best validation score so far: {"step", "metric", "value"} (weights in checkpoints/best)."""
 
@@ -148,7 +148,7 @@ class Trainer:
                              rows=rows, groups=rows // g, commit_step=out.commit_step, sample_logprobs=out.logprobs,
                              step=step, num_rows=k * g, num_groups=k,
                              total_valid_tokens=sum_int(self.accelerator, int(valid.sum())))
-        self.state.rollout_nfe = out.nfe
+        self.state.rollout_nfe = round(float(out.row_nfe.float().mean()), 2)  # per sample; rows may stop early
         return batch, texts
 
     # -- update -----------------------------------------------------------------------------------

@@ -125,3 +125,20 @@ def holdout(n: int, size: int, rng: random.Random) -> tuple[list[int], list[int]
         raise UsageError(f"validation_size must be within 0..{n} (the train split has {n} rows), got {size}")
     held = set(rng.sample(range(n), size))
     return [i for i in range(n) if i not in held], sorted(held)
+
+
+def official_splits(split: str, cache: dict[str, list], load, to_examples, validation_size: int,
+                    rng: random.Random) -> list:
+    """Examples of ``split`` for a hub dataset with official train/test splits: test as published,
+    validation a keyed hold-out of train, train the rest. ``load(split) -> rows`` and
+    ``to_examples(source, rows, indices)`` are the task's; results are cached in ``cache``."""
+    if split not in cache:
+        if split == "test":
+            rows = load("test")
+            cache["test"] = to_examples("test", rows, range(len(rows)))
+        else:
+            rows = load("train")
+            keep, held = holdout(len(rows), validation_size, rng)
+            cache["train"] = to_examples("train", rows, keep)
+            cache["validation"] = to_examples("train", rows, held)
+    return list(cache[split])

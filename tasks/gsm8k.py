@@ -13,7 +13,7 @@ from fractions import Fraction
 
 from dllm_rl.answer_format import last_boxed, soft_format, strict_format, xml_count
 from dllm_rl.errors import UsageError
-from dllm_rl.hub_data import holdout, load_rows
+from dllm_rl.hub_data import load_rows, official_splits
 from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, answer_region, check_style, extract_answer, keyed_random
 
 SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
@@ -73,16 +73,8 @@ class GSM8K(Task):
     def examples(self, split: str) -> list[Example]:
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
-        if split not in self._cache:
-            if split == "test":
-                rows = self._load("test")
-                self._cache["test"] = self._examples("test", rows, range(len(rows)))
-            else:
-                rows = self._load("train")
-                keep, held = holdout(len(rows), self.config.validation_size, keyed_random(self.config.seed, "gsm8k", "validation"))
-                self._cache["train"] = self._examples("train", rows, keep)
-                self._cache["validation"] = self._examples("train", rows, held)
-        return list(self._cache[split])
+        return official_splits(split, self._cache, self._load, self._examples, self.config.validation_size,
+                               keyed_random(self.config.seed, "gsm8k", "validation"))
 
     def _load(self, split: str) -> list[dict]:
         c = self.config

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dllm_rl.answer_format import last_boxed
 from dllm_rl.errors import UsageError
-from dllm_rl.hub_data import holdout, load_rows
+from dllm_rl.hub_data import load_rows, official_splits
 from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, answer_region, check_style, extract_answer, keyed_random
 
 SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
@@ -87,17 +87,14 @@ class MATH(Task):
     def examples(self, split: str) -> list[Example]:
         if split not in self.splits:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.splits)}")
-        if split not in self._cache:
-            c = self.config
-            if split == "test":
-                rows = load_rows(c.test_hub_id, "test", task="math", data_path=c.data_path)
-                self._cache["test"] = self._examples("test", rows, range(len(rows)))
-            else:
-                rows = load_rows(c.train_hub_id, "train", task="math", data_path=c.data_path)
-                keep, held = holdout(len(rows), c.validation_size, keyed_random(c.seed, "math", "validation"))
-                self._cache["train"] = self._examples("train", rows, keep)
-                self._cache["validation"] = self._examples("train", rows, held)
-        return list(self._cache[split])
+        c = self.config
+        return official_splits(split, self._cache, self._load, self._examples, c.validation_size,
+                               keyed_random(c.seed, "math", "validation"))
+
+    def _load(self, split: str) -> list[dict]:
+        c = self.config
+        hub_id = c.test_hub_id if split == "test" else c.train_hub_id
+        return load_rows(hub_id, split, task="math", data_path=c.data_path)
 
     @staticmethod
     def _examples(source: str, rows: list[dict], indices) -> list[Example]:

@@ -23,7 +23,8 @@ from .results import SCHEMA, atomic_write_text, result_filename
 @dataclass
 class Grid:
     """What to run. ``algorithms`` maps each name to its own overrides (e.g. a tuned learning rate);
-    ``variants`` maps a label to overrides applied to every run (e.g. ``k1: [algorithm.kl=k1]``)."""
+    ``variants`` maps a label to overrides applied to every run (e.g. ``k1: [algorithm.kl=k1]``); the
+    label ``""`` is the plain configuration, so a grid can hold the default next to its variants."""
 
     algorithms: dict[str, list[str]] = field(default_factory=dict)
     tasks: list[str] = field(default_factory=list)
@@ -112,9 +113,9 @@ def plan(grid: Grid, force: bool = False) -> list[Job]:
 
     if not grid.algorithms or not grid.tasks or not grid.seeds:
         raise UsageError("a sweep needs at least one algorithm, one task and one seed (--algo, --task, --seeds or --grid)")
-    for label in grid.variants:
-        if not label or result_filename("m", "t", "a", 0, label) != f"m__t__a__{label}__seed0.json":
-            raise UsageError(f"variant label {label!r} must be non-empty letters, digits, '-', '_' or '.'")
+    for label in grid.variants:  # "" = the plain configuration (no overrides, no label) alongside labelled ones
+        if label and result_filename("m", "t", "a", 0, label) != f"m__t__a__{label}__seed0.json":
+            raise UsageError(f"variant label {label!r} must be letters, digits, '-', '_' or '.' (or \"\" for the plain run)")
     variants = grid.variants or {"": []}
     jobs = []
     for algo, algo_sets in grid.algorithms.items():

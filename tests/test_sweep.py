@@ -76,6 +76,13 @@ def test_execute_runs_only_what_is_left_and_survives_a_failure(tmp_path, monkeyp
     assert any("accuracy 50.0 (base 25.0)" in line for line in lines)
 
 
+def test_plain_variant_sits_next_to_labelled_ones(tmp_path):
+    jobs = sweep.plan(grid(tmp_path, variants={"": [], "k1": ["algorithm.kl=k1"]}, algorithms={"espo": []}, seeds=[0]))
+    assert [j.path.name for j in jobs] == ["tiny__sudoku__espo__seed0.json", "tiny__sudoku__espo__k1__seed0.json"]
+    assert jobs[0].run.algorithm.params.get("kl", "k2") == "k2" and jobs[0].run.output.label == ""
+    assert jobs[1].run.algorithm.params["kl"] == "k1"
+
+
 def test_bad_grids_fail_before_anything_runs(tmp_path):
     with pytest.raises(UsageError, match="at least one algorithm"):
         sweep.plan(grid(tmp_path, tasks=[]))

@@ -33,12 +33,17 @@ class SudokuConfig(TaskConfig):
     """Puzzles per grid in the validation and test splits."""
     min_blanks: int = 6
     max_blanks: int = 10
+    reward: str = "cells"
+    """``cells``: d1's reward, the fraction of originally empty cells filled right; ``solved``: 1.0 only
+    when the whole grid is right (the puzzle-level metric itself)."""
 
     def __post_init__(self):
         if self.test_grids < 0 or self.validation_grids < 0 or self.test_grids + self.validation_grids > NUM_GRIDS:
             raise ValueError(f"test_grids + validation_grids must be within 0..{NUM_GRIDS}")
         if not 0 <= self.min_blanks <= self.max_blanks <= CELLS:
             raise ValueError(f"need 0 <= min_blanks <= max_blanks <= {CELLS}")
+        if self.reward not in ("cells", "solved"):
+            raise ValueError(f"reward must be cells or solved, got {self.reward!r}")
 
 
 @functools.cache
@@ -196,6 +201,12 @@ class Sudoku(Task):
         return extract_answer(completion, style)
 
     def reward(self, example: Example, completion: str, style: str) -> float:
+        """The configured reward: cell fraction (d1) or 1.0 for a solved puzzle; 0.0 without an answer."""
+        if self.config.reward == "solved":
+            return float(parse_grid(self.answer(completion, style)) == example["solution"])
+        return self.cell_fraction(example, completion, style)
+
+    def cell_fraction(self, example: Example, completion: str, style: str) -> float:
         """Fraction of originally empty cells filled with the right digit; 0.0 without an answer."""
         grid = parse_grid(self.answer(completion, style))
         if grid is None:
@@ -211,7 +222,7 @@ class Sudoku(Task):
         grid = parse_grid(self.answer(completion, style))
         return {
             "accuracy": float(grid == example["solution"]),
-            "cell_accuracy": self.reward(example, completion, style),
+            "cell_accuracy": self.cell_fraction(example, completion, style),
         }
 
     def protocol(self, style: str) -> EvalProtocol:

@@ -143,3 +143,15 @@ def test_config_rejects_impossible_splits():
         SudokuConfig(test_grids=200, validation_grids=100)
     with pytest.raises(ValueError):
         SudokuConfig(min_blanks=11, max_blanks=10)
+
+
+def test_solved_reward_is_the_puzzle_level_metric():
+    task = Sudoku(SudokuConfig(reward="solved"))
+    assert task.reward(EXAMPLE, chat(SOLUTION), "chat") == 1.0
+    assert task.reward(EXAMPLE, chat("2234341221434321"), "chat") == 0.0  # every blank right, a given changed
+    assert task.reward(EXAMPLE, chat("12343412"), "chat") == 0.0
+    assert task.reward(EXAMPLE, SOLUTION, "direct") == 1.0
+    # scores do not depend on the training reward
+    assert task.score(EXAMPLE, chat("12343412"), "chat") == {"accuracy": 0.0, "cell_accuracy": 5 / 8}
+    with pytest.raises(ValueError, match="cells or solved"):
+        SudokuConfig(reward="puzzle")

@@ -49,7 +49,13 @@ def main(argv=None):
     p.add_argument("--split", default="test")
     p.add_argument("--max-examples", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--thresholds", type=float, nargs="*", default=None,
+                   help="threshold variants to run after the baseline (default: the standard list)")
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "margin"])
+    p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks (default: the run's)")
+    p.add_argument("--out", default="threshold_accuracy", help="name of the JSON file in results/benchmarks/")
     a = p.parse_args(argv)
+    variants = VARIANTS if a.thresholds is None else [VARIANTS[0]] + [(f"threshold {t:g}", t, False) for t in a.thresholds]
     torch.set_grad_enabled(False)
     results = {"machine": machine(), "split": a.split, "tasks": {}}
     for name in a.tasks:
@@ -59,8 +65,9 @@ def main(argv=None):
         adapter.model.eval()
         length = task.protocol(adapter.prompt_style).lengths[0]
         rows, base = [], None
-        for label, threshold, early in VARIANTS:
-            cfg = SamplerConfig(gen_length=length, block_length=run.rollout.block_length, temperature=0.0, threshold=threshold,
+        for label, threshold, early in variants:
+            cfg = SamplerConfig(gen_length=length, block_length=a.block_length or run.rollout.block_length, temperature=0.0,
+                                threshold=threshold, remasking=a.remasking if threshold is not None else "low_confidence",
                                 eos_id=adapter.eos_id if early else None)
             r = evaluate(adapter, task, a.split, cfg, a.batch_size, a.max_examples)
             texts = r.pop("texts")
@@ -74,7 +81,7 @@ def main(argv=None):
             print(f"{name:10s} {label:28s} acc {100 * r['accuracy']:5.1f}  nfe {r['nfe_per_sample']:5.1f} "
                   f"({r['nfe_ratio']:.2f}x)  same {r['same_text_frac']:.2f}  {r['seconds']:.1f}s", flush=True)
         results["tasks"][name] = rows
-    write_json("threshold_accuracy", results)
+    write_json(a.out, results)
 
 
 if __name__ == "__main__":

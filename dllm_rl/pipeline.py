@@ -174,7 +174,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         "metrics": without_seconds(metrics),
         "training": None if state is None else {
             "steps": state.step, "rollouts_per_step": r.num_prompts * r.group_size, "gen_length": gen_length,
-            "rollout_nfe_per_sample": state.rollout_nfe, "curve": state.curve, "validation": state.validation,
+            "rollout_nfe_per_sample": _mean_rollout_nfe(state), "curve": state.curve, "validation": state.validation,
             "best_validation": state.best, "evaluated_weights": evaluated},
         "timing": timing,
     }
@@ -207,3 +207,10 @@ def _base_metrics(trainer, run_dir: Path, split: str, lengths: list[int], reuse:
     if trainer.is_main:
         atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics
+
+
+def _mean_rollout_nfe(state) -> float:
+    """Forward passes per rollout sample, averaged over the run's steps (threshold decoding and early
+    stop make it vary from step to step)."""
+    values = [c["rollout_nfe"] for c in state.curve if "rollout_nfe" in c]
+    return round(sum(values) / len(values), 3) if values else state.rollout_nfe

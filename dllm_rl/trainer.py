@@ -255,7 +255,7 @@ class Trainer:
                 m = self.update(batch)
                 rewards, advantages = gather_rows(self.accelerator, batch.rows, batch.rewards, batch.advantages)
                 m.update(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()),
-                         zero_var_frac=zero_variance_fraction(rewards, g))
+                         zero_var_frac=zero_variance_fraction(rewards, g), rollout_nfe=self.state.rollout_nfe)
                 self._log_completions(completions_log, batch, texts)
                 seconds = time.perf_counter() - start
                 self.state.curve.append({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()})

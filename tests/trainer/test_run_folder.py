@@ -156,3 +156,14 @@ def test_lora_checkpoint_holds_only_adapters_and_restores_them(tmp_path, tiny, h
     base = load_model(run, task)  # the reference policy is the untouched base: adapters off
     assert torch.equal(second.adapter.reference_logits(ids), base.logits(ids))
     assert not torch.equal(second.adapter.logits(ids), base.logits(ids))
+
+
+def test_threshold_rollouts_record_their_nfe_per_step(tmp_path, tiny, h):
+    """Threshold decoding makes rollout cost vary: every step's NFE is in the curve and the results
+    file's rollout_nfe_per_sample is their mean (an unsure model can need more than L/2 passes)."""
+    code, err = h.cli(["run", *tiny, "--set", "eval.base=false", "--set", "rollout.threshold=0.5", *h.dirs(tmp_path, "t")])
+    assert code == 0, err
+    training = h.result_of(tmp_path, "t")["training"]
+    per_step = [c["rollout_nfe"] for c in training["curve"]]
+    assert len(per_step) == 2 and all(1 <= n <= training["gen_length"] for n in per_step)
+    assert training["rollout_nfe_per_sample"] == pytest.approx(sum(per_step) / 2, abs=1e-3)

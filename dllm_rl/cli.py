@@ -223,6 +223,27 @@ def merge(model, adapter, out, sets):
     console.print(f"merged checkpoint: {path}")
 
 
+def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str, caption: str) -> None:
+    """One table as rich (``table``), Markdown or CSV on stdout; Δ rows in bold."""
+    if fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf).writerows([header, *rows])
+        click.echo(buf.getvalue(), nl=False)
+    elif fmt == "markdown":
+        click.echo(f"{caption}\n")
+        click.echo("| " + " | ".join(header) + " |")
+        click.echo("|" + "---|" * len(header))
+        for row in rows:
+            click.echo("| " + " | ".join(row) + " |")
+    else:
+        table = Table(title=title)
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row, style="bold" if row[1].startswith("Δ") else None)
+        console.print(table)
+
+
 @cli.command()
 @click.argument("results_dir", type=click.Path(), default="results")
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table")
@@ -233,30 +254,21 @@ def merge(model, adapter, out, sets):
 @click.option("--plot-metric", "plot_metrics", multiple=True, default=("reward",), show_default=True,
               help="Training-curve field to plot (repeatable), e.g. reward, kl, grad_norm, clip_frac.")
 @click.option("--smooth", type=int, default=1, show_default=True, help="Moving-average window (steps) for the curves.")
-def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth):
+@click.option("--costs", "show_costs", is_flag=True,
+              help="Also print what each run spent: steps, training minutes, s/step, rollout NFE, final reward.")
+def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth, show_costs):
     """Leaderboard of all results files in RESULTS_DIR (paper-style table with deltas vs base): seeds of
     the same model + algorithm (+ variant label) averaged, mean ± std (or sem) with n seeds."""
     from .results import leaderboard, load_results
 
     results = load_results(results_dir)
-    header, rows = leaderboard(results, error=error)
-    if fmt == "csv":
-        buf = io.StringIO()
-        csv.writer(buf).writerows([header, *rows])
-        click.echo(buf.getvalue(), nl=False)
-    elif fmt == "markdown":
-        click.echo(f"Accuracy in %, mean ± {error} over n seeds.\n")
-        click.echo("| " + " | ".join(header) + " |")
-        click.echo("|" + "---|" * len(header))
-        for row in rows:
-            click.echo("| " + " | ".join(row) + " |")
-    else:
-        table = Table(title=f"dllm-rl results ({results_dir}); accuracy in %, mean ± {error} over n seeds")
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i < 2 else "right")
-        for row in rows:
-            table.add_row(*row, style="bold" if row[1].startswith("Δ") else None)
-        console.print(table)
+    _print_table(*leaderboard(results, error=error), fmt, f"dllm-rl results ({results_dir}); accuracy in %, mean ± {error} over n seeds",
+                 f"Accuracy in %, mean ± {error} over n seeds.")
+    if show_costs:
+        from .results import costs
+
+        _print_table(*costs(results, error=error), fmt, f"training cost ({results_dir}); mean ± {error} over n seeds",
+                     f"Training cost, mean ± {error} over n seeds.")
     if plots_dir:
         from .plots import plot_curves
 

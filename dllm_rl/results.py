@@ -60,6 +60,7 @@ def load_results(folder: str | Path) -> list[dict[str, Any]]:
             continue
         if isinstance(data, dict) and data.get("schema") == SCHEMA:
             data["_path"] = str(path)
+            data["_experiment"] = path.parent.relative_to(folder).as_posix().strip(".")  # "" at the top level
             out.append(data)
     return out
 
@@ -87,9 +88,11 @@ def _fmt(values: list[float], scale: float = 100.0, error: str = "std") -> str:
 
 
 def group_name(result: dict[str, Any]) -> str:
-    """How a run's algorithm is shown: its name, plus the variant label when it has one."""
-    label = result.get("label") or ""
-    return f"{result['algorithm']} [{label}]" if label else result["algorithm"]
+    """How a run's algorithm is shown: its name, plus the variant label when it has one, plus the
+    subfolder it was found in (one experiment per folder: runs of different grids never average)."""
+    label, experiment = result.get("label") or "", result.get("_experiment") or ""
+    name = f"{result['algorithm']} [{label}]" if label else result["algorithm"]
+    return f"{name} ({experiment})" if experiment else name
 
 
 def _seeds(counts: list[int]) -> str:
@@ -135,6 +138,37 @@ def leaderboard(results: list[dict[str, Any]], error: str = "std") -> tuple[list
                 after, before = values(runs, "metrics", c), values(runs, "base", c)
                 deltas.append(f"{(statistics.fmean(after) - statistics.fmean(before)) * 100:+.1f}" if after and before else "-")
             rows.append([model, f"Δ {name} vs base"] + deltas + [_seeds(counts)])
+    return header, rows
+
+
+def costs(results: list[dict[str, Any]], error: str = "std", last: int = 10) -> tuple[list[str], list[list[str]]]:
+    """What each model + algorithm (+ label) spent per task, for comparisons at equal budgets: RL steps,
+    rollouts per step, training minutes, seconds per step, rollout NFE per sample (and its ratio to
+    the fixed L/2-step schedule), and the mean training reward over the last ``last`` steps."""
+    trained = [r for r in results if r.get("training")]
+    if not trained:
+        raise UsageError("no results file records training (runs of `dllm-rl run` do)")
+    spread([], error)
+    header = ["model", "algorithm", "task", "steps", "rollouts/step", "train min", "s/step", "rollout NFE", "NFE / (L/2)",
+              f"reward (last {last})", "n"]
+
+    def fmt(values, digits=2):
+        if len(values) < 2:
+            return f"{values[0]:.{digits}f}"
+        return f"{statistics.fmean(values):.{digits}f} ± {spread(values, error):.{digits}f}"
+
+    rows = []
+    for key in sorted({(r["model"], group_name(r), r["task"]) for r in trained}):
+        runs = [r for r in trained if (r["model"], group_name(r), r["task"]) == key]
+        tr = [r["training"] for r in runs]
+        minutes = [r["timing"]["train_s"] / 60 for r in runs]
+        per_step = [r["timing"]["train_s"] / max(1, t["steps"]) for r, t in zip(runs, tr)]
+        nfe = [t["rollout_nfe_per_sample"] for t in tr]
+        ratio = [t["rollout_nfe_per_sample"] / max(1, t["gen_length"] // 2) for t in tr]
+        reward = [statistics.fmean(c["reward"] for c in t["curve"][-last:]) for t in tr if t["curve"]]
+        steps = sorted({t["steps"] for t in tr})
+        rows.append([*key, "/".join(map(str, steps)), "/".join(map(str, sorted({t["rollouts_per_step"] for t in tr}))),
+                     fmt(minutes, 1), fmt(per_step, 2), fmt(nfe, 1), fmt(ratio, 2), fmt(reward, 3) if reward else "-", str(len(runs))])
     return header, rows
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from dllm_rl.errors import UsageError
 from dllm_rl.plots import plot_curves
-from dllm_rl.results import SCHEMA, curves, leaderboard, load_results, result_filename
+from dllm_rl.results import SCHEMA, costs, curves, leaderboard, load_results, result_filename
 
 
 def fake(algo, seed, acc, *, task="sudoku", label="", base=0.30, rewards=(0.1, 0.2, 0.3), model="tiny"):
@@ -89,3 +89,31 @@ def test_label_goes_into_the_file_name_and_folders_load_recursively(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"schema": "something-else"}))
     (tmp_path / "broken.json").write_text("{")
     assert [r["algorithm"] for r in load_results(tmp_path)] == ["espo"]
+
+
+def test_runs_of_different_experiment_folders_are_never_averaged(tmp_path):
+    (tmp_path / "grid").mkdir()
+    (tmp_path / "main.json").write_text(json.dumps(fake("espo", 0, 0.40)))
+    (tmp_path / "grid" / "a.json").write_text(json.dumps(fake("espo", 0, 0.60)))
+    (tmp_path / "grid" / "b.json").write_text(json.dumps(fake("espo", 1, 0.80, label="k1")))
+    _, rows = table(load_results(tmp_path))
+    assert rows["espo"][2] == "40.0" and rows["espo (grid)"][2] == "60.0" and rows["espo [k1] (grid)"][2] == "80.0"
+    _, rows = table(load_results(tmp_path / "grid"))  # the folder itself: plain names
+    assert set(rows) >= {"espo", "espo [k1]"}
+
+
+def test_cost_table_reports_budget_nfe_and_final_reward():
+    def run(seed, nfe, train_s, label=""):
+        r = fake("espo", seed, 0.5, label=label, rewards=(0.1,) * 5 + (0.5, 0.7))
+        r["training"].update(steps=7, rollouts_per_step=128, gen_length=24, rollout_nfe_per_sample=nfe)
+        r["timing"] = {"train_s": train_s}
+        return r
+
+    header, rows = costs([run(0, 12.0, 60.0), run(1, 12.0, 120.0), run(0, 4.8, 30.0, "thr")], last=2)
+    by = {row[1]: dict(zip(header, row)) for row in rows}
+    assert by["espo"]["train min"] == "1.5 ± 0.7" and by["espo"]["NFE / (L/2)"] == "1.00 ± 0.00"
+    assert by["espo"]["s/step"] == f"{(60 / 7 + 120 / 7) / 2:.2f} ± {statistics.stdev([60 / 7, 120 / 7]):.2f}"
+    assert by["espo [thr]"]["NFE / (L/2)"] == "0.40" and by["espo [thr]"]["reward (last 2)"] == "0.600"
+    assert by["espo"]["steps"] == "7" and by["espo"]["n"] == "2"
+    with pytest.raises(UsageError, match="records training"):
+        costs([{**fake("espo", 0, 0.5), "training": None}])

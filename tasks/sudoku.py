@@ -125,6 +125,45 @@ def make_puzzle(solution: str, rng: random.Random, min_blanks: int, max_blanks: 
     return "".join(str(givens.get(cell, 0)) for cell in range(CELLS))
 
 
+def _units() -> list[list[int]]:
+    rows = [[SIZE * r + c for c in range(SIZE)] for r in range(SIZE)]
+    cols = [[SIZE * r + c for r in range(SIZE)] for c in range(SIZE)]
+    boxes = [[SIZE * (br + r) + bc + c for r in range(2) for c in range(2)] for br in (0, 2) for bc in (0, 2)]
+    return rows + cols + boxes
+
+
+def solve_trace(puzzle: str, solution: str) -> list[tuple[int, int]]:
+    """The (cell, digit) fills of a human-style solve: the first blank with a single candidate (naked
+    single), else the first digit with a single place in a row, column or box (hidden single), else the
+    blank with fewest candidates filled with its solution digit (4x4 puzzles rarely need it)."""
+    grid = [int(ch) for ch in puzzle]
+    units = _units()
+    peers = [sorted({c for u in units if cell in u for c in u} - {cell}) for cell in range(CELLS)]
+    fills: list[tuple[int, int]] = []
+
+    def candidates(cell: int) -> set[int]:
+        return set(range(1, SIZE + 1)) - {grid[c] for c in peers[cell]}
+
+    while 0 in grid:
+        blanks = [c for c in range(CELLS) if grid[c] == 0]
+        move = next(((c, next(iter(candidates(c)))) for c in blanks if len(candidates(c)) == 1), None)
+        if move is None:
+            for unit in units:
+                for digit in range(1, SIZE + 1):
+                    places = [c for c in unit if grid[c] == 0 and digit in candidates(c)]
+                    if len(places) == 1 and digit not in (grid[c] for c in unit):
+                        move = (places[0], digit)
+                        break
+                if move is not None:
+                    break
+        if move is None:
+            cell = min(blanks, key=lambda c: (len(candidates(c)), c))
+            move = (cell, int(solution[cell]))
+        grid[move[0]] = move[1]
+        fills.append(move)
+    return fills
+
+
 def parse_grid(answer: str | None) -> str | None:
     """The first 16 ASCII digits of an answer (separators and letters dropped); may be shorter than 16."""
     return None if answer is None else "".join(re.findall(r"[0-9]", answer))[:CELLS]
@@ -237,3 +276,30 @@ class Sudoku(Task):
             return solution
         reasoning = "Fill each empty cell so every row, column and 2x2 box holds 1, 2, 3 and 4 exactly once."
         return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>{solution}</answer>"
+
+
+class SudokuTrace(Sudoku):
+    """Sudoku with a reasoning trace before the answer: the direct-style completion lists the fills of
+    a human-style solve as ``<cell in hex><digit>`` pairs, then ``|`` and the 16-digit grid (up to 46
+    characters, generated at L=48), so the sequence likelihood covers a reasoning-length completion.
+    Only the grid after the last ``|`` is scored; the trace itself earns nothing."""
+
+    SEPARATOR = "|"
+
+    def answer(self, completion: str, style: str) -> str | None:
+        if style == "direct":
+            return completion.rsplit(self.SEPARATOR, 1)[1] if self.SEPARATOR in completion else None
+        return super().answer(completion, style)
+
+    def trace(self, example: Example) -> str:
+        return " ".join(f"{cell:x}{digit}" for cell, digit in solve_trace(example["puzzle"], example["solution"]))
+
+    def reference(self, example: Example, style: str) -> str:
+        check_style(style)
+        if style == "direct":
+            return f"{self.trace(example)}{self.SEPARATOR}{example['solution']}"
+        return f"<reasoning>\n{self.trace(example)}\n</reasoning>\n<answer>{example['solution']}</answer>"
+
+    def protocol(self, style: str) -> EvalProtocol:
+        check_style(style)
+        return EvalProtocol(lengths=(48,), primary_metric="accuracy") if style == "direct" else super().protocol(style)

@@ -155,3 +155,31 @@ def test_solved_reward_is_the_puzzle_level_metric():
     assert task.score(EXAMPLE, chat("12343412"), "chat") == {"accuracy": 0.0, "cell_accuracy": 5 / 8}
     with pytest.raises(ValueError, match="cells or solved"):
         SudokuConfig(reward="puzzle")
+
+
+def test_solve_trace_fills_forced_cells_in_order():
+    from dllm_rl.tasks.sudoku import solve_trace
+
+    # EXAMPLE's blanks 2, 3, 4, 6, 7, 9, 11, 14. Cell 2 (row 0 has 1, 2; column 2 has 4; box has 1, 2)
+    # has the single candidate 3: the first naked single in cell order.
+    fills = solve_trace(EXAMPLE["puzzle"], SOLUTION)
+    assert fills[0] == (2, 3)
+    assert sorted(fills) == [(2, 3), (3, 4), (4, 3), (6, 1), (7, 2), (9, 1), (11, 3), (14, 2)]
+    assert solve_trace(SOLUTION, SOLUTION) == []
+
+
+def test_trace_task_scores_only_the_grid_after_the_separator():
+    from dllm_rl.tasks.sudoku import SudokuTrace
+
+    task = SudokuTrace()
+    ref = task.reference(EXAMPLE, "direct")
+    trace, grid = ref.split("|")
+    assert grid == SOLUTION and trace.startswith("23 ") and len(trace.split()) == 8
+    assert task.score(EXAMPLE, ref, "direct") == {"accuracy": 1.0, "cell_accuracy": 1.0}
+    assert task.reward(EXAMPLE, SOLUTION, "direct") == 0.0  # no separator: no answer
+    assert task.reward(EXAMPLE, "23 34|1111111111111111", "direct") == pytest.approx(2 / 8)  # trace digits not read
+    assert task.reward(EXAMPLE, "|1111|" + SOLUTION, "direct") == 1.0  # the last separator wins
+    assert task.protocol("direct") == EvalProtocol(lengths=(48,), primary_metric="accuracy")
+    assert max(len(task.reference(ex, "direct")) for ex in task.examples("train")) <= 48
+    assert task.score(EXAMPLE, task.reference(EXAMPLE, "chat"), "chat")["accuracy"] == 1.0
+    assert task.examples("test") == Sudoku().examples("test")  # same puzzles and split as sudoku

@@ -22,7 +22,9 @@ from dllm_rl.models import tiny_family  # noqa: E402
 from dllm_rl.pipeline import build_task, gen_length_of, resolve_config  # noqa: E402
 
 VARIANTS = [("fixed L/2 (baseline)", None, False), ("threshold 0.99", 0.99, False), ("threshold 0.95", 0.95, False),
-            ("threshold 0.9", 0.9, False), ("threshold 0.9 + early stop", 0.9, True), ("threshold 0.7", 0.7, False)]
+            ("threshold 0.9", 0.9, False), ("threshold 0.9 + early stop", 0.9, True), ("threshold 0.88", 0.88, False),
+            ("threshold 0.85", 0.85, False), ("threshold 0.8", 0.8, False), ("threshold 0.7", 0.7, False),
+            ("threshold 0.5", 0.5, False)]
 
 
 def evaluate(adapter, task, split, cfg: SamplerConfig, batch_size: int, max_examples: int | None):

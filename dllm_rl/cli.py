@@ -252,7 +252,8 @@ def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str,
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
               help="Also write training-curve PNGs (one per task) into this folder.")
 @click.option("--plot-metric", "plot_metrics", multiple=True, default=("reward",), show_default=True,
-              help="Training-curve field to plot (repeatable), e.g. reward, kl, grad_norm, clip_frac.")
+              help="Training-curve field to plot (repeatable), e.g. reward, kl, grad_norm, clip_frac, rollout_nfe, "
+                   "or val_accuracy (the validation metric recorded every eval.every steps).")
 @click.option("--smooth", type=int, default=1, show_default=True, help="Moving-average window (steps) for the curves.")
 @click.option("--costs", "show_costs", is_flag=True,
               help="Also print what each run spent: steps, training minutes, s/step, rollout NFE, final reward.")

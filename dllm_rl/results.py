@@ -176,6 +176,20 @@ def _primary(results, task: str) -> str:
     return next(r["protocol"]["primary_metric"] for r in results if r["task"] == task)
 
 
+def _points(result: dict[str, Any], key: str) -> list[tuple[int, float]]:
+    """(step, value) of a training-curve field, or of a validation metric for ``val_<metric>`` (e.g.
+    ``val_accuracy``: the held-out learning curve recorded every ``eval.every`` steps)."""
+    training = result.get("training") or {}
+    if key.startswith("val_"):
+        metric, out = key[4:], []
+        for v in training.get("validation") or []:
+            row = next(iter((v.get("metrics") or {}).values()), {})
+            if metric in row:
+                out.append((v["step"], row[metric]))
+        return out
+    return [(p["step"], p[key]) for p in training.get("curve") or [] if key in p]
+
+
 def curves(results: list[dict[str, Any]], key: str = "reward", smooth: int = 1,
            error: str = "std") -> dict[str, dict[str, dict[str, list[float]]]]:
     """Training curves of ``key`` (a field of each step's metrics) per task and per model + algorithm
@@ -186,7 +200,7 @@ def curves(results: list[dict[str, Any]], key: str = "reward", smooth: int = 1,
     out: dict[str, dict[str, dict[str, list[float]]]] = {}
     groups: dict[tuple[str, str], list[list[tuple[int, float]]]] = {}
     for r in results:
-        points = [(p["step"], p[key]) for p in ((r.get("training") or {}).get("curve") or []) if key in p]
+        points = _points(r, key)
         if not points:
             continue
         ys = [y for _, y in points]

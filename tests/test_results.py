@@ -117,3 +117,14 @@ def test_cost_table_reports_budget_nfe_and_final_reward():
     assert by["espo"]["steps"] == "7" and by["espo"]["n"] == "2"
     with pytest.raises(UsageError, match="records training"):
         costs([{**fake("espo", 0, 0.5), "training": None}])
+
+
+def test_validation_metrics_are_curves_too():
+    r = fake("espo", 0, 0.5)
+    r["training"]["validation"] = [{"step": 10, "metrics": {"24": {"accuracy": 0.4, "n": 96}}},
+                                   {"step": 20, "metrics": {"24": {"accuracy": 0.6, "n": 96}}}]
+    other = fake("espo", 1, 0.5)
+    other["training"]["validation"] = [{"step": 10, "metrics": {"24": {"accuracy": 0.2, "n": 96}}}]
+    c = curves([r, other], key="val_accuracy")["sudoku"]["tiny + espo"]
+    assert c["step"] == [10.0, 20.0] and c["mean"] == pytest.approx([0.3, 0.6]) and c["n"] == [2.0, 1.0]
+    assert curves([r], key="val_cell_accuracy") == {}

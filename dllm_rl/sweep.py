@@ -146,6 +146,15 @@ def plan(grid: Grid, force: bool = False) -> list[Job]:
     return jobs
 
 
+def _finished_meanwhile(job: Job) -> bool:
+    """Whether a results file with this job's configuration appeared after planning."""
+    try:
+        old = json.loads(job.path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return old.get("schema") == SCHEMA and not _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)))
+
+
 def _run_job(run: RunConfig) -> dict[str, Any]:
     """Worker entry point: one pipeline run, summarised (the results file is the real output)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -206,6 +215,10 @@ def execute(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = prin
 
     if workers == 1 or len(todo) <= 1:
         for job in todo:
+            if _finished_meanwhile(job):  # e.g. by another sweep writing to the same folder
+                counts["skipped"] += 1
+                log(f"[{jobs.index(job) + 1}/{total}] {job.name}: finished meanwhile, skipped ({job.path.name})")
+                continue
             log(f"[{jobs.index(job) + 1}/{total}] {job.name}: running")
             try:
                 outcome = _run_job(job.run)

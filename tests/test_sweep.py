@@ -83,6 +83,18 @@ def test_plain_variant_sits_next_to_labelled_ones(tmp_path):
     assert jobs[1].run.algorithm.params["kl"] == "k1"
 
 
+def test_a_run_finished_by_another_sweep_meanwhile_is_skipped(tmp_path, monkeypatch):
+    jobs = sweep.plan(grid(tmp_path, algorithms={"espo": []}))
+    assert [j.status for j in jobs] == ["todo", "todo"]
+    finish(jobs[1])  # another process wrote seed 1 after this sweep planned it
+    calls = []
+    monkeypatch.setattr(sweep, "_run_job", lambda run: calls.append(run.seed) or
+                        {"path": "x", "metric": "accuracy", "after": 0.5, "base": 0.25, "seconds": 1.0})
+    lines = []
+    assert sweep.execute(jobs, workers=1, log=lines.append) == {"ran": 1, "skipped": 1, "failed": 0}
+    assert calls == [0] and any("finished meanwhile" in line for line in lines)
+
+
 def test_bad_grids_fail_before_anything_runs(tmp_path):
     with pytest.raises(UsageError, match="at least one algorithm"):
         sweep.plan(grid(tmp_path, tasks=[]))

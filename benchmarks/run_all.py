@@ -89,6 +89,57 @@ def accuracy_section(data: dict) -> str:
                  "same text as baseline", "n"], rows))
 
 
+RL_FOLDER = ROOT / "results" / "sudoku-espo"
+RL_VARIANTS = ["", "threshold-0.9", "threshold-0.8", "mu2-iteration", "mu2-rollout"]
+
+
+def rl_section(folder: Path = RL_FOLDER) -> str | None:
+    """The options inside RL, from the runs of `dllm-rl sweep --grid experiments/cheap-rollouts.yaml`:
+    held-out accuracy (fixed L/2 greedy protocol) and cost per variant, mean ± std over seeds."""
+    import statistics
+
+    from dllm_rl.results import load_results
+
+    runs = [r for r in (load_results(folder) if folder.is_dir() else []) if (r.get("label") or "") in RL_VARIANTS]
+    if not runs:
+        return None
+
+    def ms(values, scale=1.0, digits=1):
+        values = [v * scale for v in values]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+    def acc(r):
+        return next(iter(r["metrics"].values()))["accuracy"]
+
+    def val_mean(r):  # mean validation accuracy over the periodic evaluations: the learning curve's level
+        vals = [next(iter(v["metrics"].values()))["accuracy"] for v in r["training"]["validation"]]
+        return statistics.fmean(vals) if vals else float("nan")
+
+    plain = [acc(r) for r in runs if not r.get("label")]
+    rows = []
+    for label in RL_VARIANTS:
+        mine = sorted((r for r in runs if (r.get("label") or "") == label), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        tr = [r["training"] for r in mine]
+        rows.append([label or "fixed L/2 rollouts, mu 1 (ESPO preset)", len(mine), ms([acc(r) for r in mine], 100),
+                     f"{100 * (statistics.fmean(acc(r) for r in mine) - statistics.fmean(plain)):+.1f}" if plain else "-",
+                     ms([val_mean(r) for r in mine], 100),
+                     ms([statistics.fmean(c["reward"] for c in t["curve"][-10:]) for t in tr], 1, 3),
+                     f"**{statistics.fmean(t['rollout_nfe_per_sample'] / (t['gen_length'] // 2) for t in tr):.2f}**",
+                     ms([r["timing"]["train_s"] / t["steps"] for r, t in zip(mine, tr)], 1, 2)])
+    base = statistics.fmean(next(iter(r["base"].values()))["accuracy"] for r in runs)
+    return (f"ESPO on Sudoku, tiny model, {tr[0]['steps']} RL steps of {tr[0]['rollouts_per_step']} rollouts, seeds "
+            f"{sorted({r['seed'] for r in runs})}; base {100 * base:.1f}. Test accuracy is always scored with the fixed "
+            "L/2-step greedy protocol, so it compares the trained models, not the decoders. Produced by "
+            "`dllm-rl sweep --grid experiments/cheap-rollouts.yaml` (files in results/sudoku-espo); curves: "
+            "`dllm-rl compare results/sudoku-espo --plots DIR --plot-metric reward --plot-metric val_accuracy "
+            "--plot-metric rollout_nfe`.\n\n" + md_table(
+                ["rollouts / updates", "seeds", "test accuracy %", "Δ vs fixed", "mean validation accuracy % (steps 10-60)",
+                 "reward, last 10 steps", "rollout NFE / L/2", "s / step"], rows))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-accuracy", action="store_true")
@@ -114,6 +165,9 @@ def main(argv=None):
         sections.append("## Speed: sampler, policy update, FLOP model\n\n" + speed_section(speed_data))
     if acc_data:
         sections.append("## Cheaper rollouts: accuracy of threshold decoding (tiny model)\n\n" + accuracy_section(acc_data))
+    rl = rl_section()
+    if rl:
+        sections.append("## Cheaper rollouts and updates inside RL (3 seeds)\n\n" + rl)
     atomic_write_text(ROOT / "BENCHMARKS.md", "\n\n".join(sections) + "\n")
     print("wrote BENCHMARKS.md")
 

@@ -106,6 +106,22 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
 
+def _own_label(algo: str, sets: list[str]) -> tuple[str, list[str]]:
+    """An algorithm's own label from its grid settings (``output.label``, e.g. the tuned rate ``lr3e-5``),
+    put before the variant's; returned with the remaining settings."""
+    own = [s for s in sets if s.split("=", 1)[0].strip() == "output.label"]
+    if not own:
+        return "", sets
+    value = own[-1].split("=", 1)[1].strip()
+    try:
+        value = json.loads(value)
+    except json.JSONDecodeError:
+        pass
+    if not isinstance(value, str):
+        raise UsageError(f"grid algorithms.{algo}: output.label must be a string, got {value!r}")
+    return value, [s for s in sets if s not in own]
+
+
 def plan(grid: Grid, force: bool = False) -> list[Job]:
     """Resolve every run's configuration (bad settings fail here, before anything runs) and mark
     which are done (same configuration already in the output folder) or in conflict."""
@@ -120,7 +136,9 @@ def plan(grid: Grid, force: bool = False) -> list[Job]:
     jobs = []
     for algo, algo_sets in grid.algorithms.items():
         for task in grid.tasks:
-            for label, variant_sets in variants.items():
+            algo_label, algo_sets = _own_label(algo, algo_sets)
+            for variant_label, variant_sets in variants.items():
+                label = "-".join(x for x in (algo_label, variant_label) if x)
                 for seed in grid.seeds:
                     sets = (*grid.sets, *algo_sets, *variant_sets, f"output.results_dir={json.dumps(grid.out)}",
                             f"output.label={json.dumps(label)}",

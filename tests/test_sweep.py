@@ -95,6 +95,17 @@ def test_a_run_finished_by_another_sweep_meanwhile_is_skipped(tmp_path, monkeypa
     assert calls == [0] and any("finished meanwhile" in line for line in lines)
 
 
+def test_an_algorithm_may_carry_its_own_label(tmp_path):
+    """Per-algorithm tuned rates: the label names the choice and joins the variant's."""
+    g = grid(tmp_path, algorithms={"espo": [], "wd1": ["optim.lr=1e-5", "output.label=lr1e-5"]}, seeds=[0],
+             variants={"": [], "m4": ["algorithm.mu=4"]})
+    names = [j.path.name for j in sweep.plan(g)]
+    assert names == ["tiny__sudoku__espo__seed0.json", "tiny__sudoku__espo__m4__seed0.json",
+                     "tiny__sudoku__wd1__lr1e-5__seed0.json", "tiny__sudoku__wd1__lr1e-5-m4__seed0.json"]
+    wd1 = sweep.plan(g)[2]
+    assert wd1.run.optim.lr == 1e-5 and wd1.run.output.label == "lr1e-5"
+
+
 def test_bad_grids_fail_before_anything_runs(tmp_path):
     with pytest.raises(UsageError, match="at least one algorithm"):
         sweep.plan(grid(tmp_path, tasks=[]))

@@ -268,6 +268,8 @@ def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth, show_costs
     if show_costs:
         from .results import costs
 
+        if fmt == "markdown":
+            click.echo("")
         _print_table(*costs(results, error=error), fmt, f"training cost ({results_dir}); mean ± {error} over n seeds",
                      f"Training cost, mean ± {error} over n seeds.")
     if plots_dir:

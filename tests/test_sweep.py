@@ -152,7 +152,7 @@ def test_each_invocation_is_recorded(tmp_path):
     assert entry["runs"][0] == "tiny__sudoku__espo__seed0.json" and entry["grid"]["seeds"] == [0, 1] and entry["ran"] == 1
 
 
-@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms"])
+@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms", "lr-tuning", "cheap-rollouts"])
 def test_shipped_experiment_grids_resolve(name, tmp_path):
     from pathlib import Path
 

@@ -135,7 +135,8 @@ def rl_section(folder: Path = RL_FOLDER) -> str | None:
             "L/2-step greedy protocol, so it compares the trained models, not the decoders. Produced by "
             "`dllm-rl sweep --grid experiments/cheap-rollouts.yaml` (files in results/sudoku-espo); curves: "
             "`dllm-rl compare results/sudoku-espo --plots DIR --plot-metric reward --plot-metric val_accuracy "
-            "--plot-metric rollout_nfe`.\n\n" + md_table(
+            "--plot-metric rollout_nfe`. Seconds per step were measured while two to four runs shared the two "
+            "cores: compare NFE, not seconds, across rows.\n\n" + md_table(
                 ["rollouts / updates", "seeds", "test accuracy %", "Δ vs fixed", "mean validation accuracy % (steps 10-60)",
                  "reward, last 10 steps", "rollout NFE / L/2", "s / step"], rows))
 

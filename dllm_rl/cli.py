@@ -239,8 +239,10 @@ def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str,
         table = Table(title=title)
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i < 2 else "right")
-        for row in rows:
-            table.add_row(*row, style="bold" if row[1].startswith("Δ") else None)
+        from rich.markup import escape
+
+        for row in rows:  # escaped: a variant label such as [lr1e-5] is text, not rich markup
+            table.add_row(*(escape(str(c)) for c in row), style="bold" if row[1].startswith("Δ") else None)
         console.print(table)
 
 

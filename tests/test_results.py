@@ -128,3 +128,14 @@ def test_validation_metrics_are_curves_too():
     c = curves([r, other], key="val_accuracy")["sudoku"]["tiny + espo"]
     assert c["step"] == [10.0, 20.0] and c["mean"] == pytest.approx([0.3, 0.6]) and c["n"] == [2.0, 1.0]
     assert curves([r], key="val_cell_accuracy") == {}
+
+
+def test_compare_table_shows_variant_labels_verbatim(tmp_path):
+    """rich would read "[lr1e-5]" as markup and drop it; the table escapes its cells."""
+    from click.testing import CliRunner
+
+    from dllm_rl.cli import cli
+
+    (tmp_path / "a.json").write_text(json.dumps(fake("wd1", 0, 0.5, label="lr1e-5")))
+    out = CliRunner().invoke(cli, ["compare", str(tmp_path)], terminal_width=200).output
+    assert "wd1 [lr1e-5]" in out

@@ -7,6 +7,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import UsageError
@@ -239,8 +240,6 @@ def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str,
         table = Table(title=title)
         for i, h in enumerate(header):
             table.add_column(h, justify="left" if i < 2 else "right")
-        from rich.markup import escape
-
         for row in rows:  # escaped: a variant label such as [lr1e-5] is text, not rich markup
             table.add_row(*(escape(str(c)) for c in row), style="bold" if row[1].startswith("Δ") else None)
         console.print(table)

@@ -151,26 +151,27 @@ def plan(grid: Grid, force: bool = False) -> list[Job]:
         if job.path in seen:
             raise UsageError(f"two runs of the sweep write {job.path.name} ({seen[job.path].name}); give the variants distinct labels")
         seen[job.path] = job
-        if force or not job.path.is_file():
-            continue
-        try:
-            old = json.loads(job.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # unreadable: run again
-        if old.get("schema") != SCHEMA:
-            continue
-        diff = _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)))
-        job.status, job.detail = ("conflict", "; ".join(diff[:3])) if diff else ("done", "")
+        diff = None if force else _diff_with_existing(job)
+        if diff is not None:
+            job.status, job.detail = ("conflict", "; ".join(diff[:3])) if diff else ("done", "")
     return jobs
+
+
+def _diff_with_existing(job: Job) -> list[str] | None:
+    """How the results file at the job's path differs from its configuration ([] = same run);
+    None when there is no readable results file there (the run is still to do)."""
+    try:
+        old = json.loads(job.path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # missing or unreadable: run (again)
+    if old.get("schema") != SCHEMA:
+        return None
+    return _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)))
 
 
 def _finished_meanwhile(job: Job) -> bool:
     """Whether a results file with this job's configuration appeared after planning."""
-    try:
-        old = json.loads(job.path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return old.get("schema") == SCHEMA and not _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)))
+    return _diff_with_existing(job) == []
 
 
 def _run_job(run: RunConfig) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def rl_section(folder: Path = RL_FOLDER) -> str | None:
     held-out accuracy (fixed L/2 greedy protocol) and cost per variant, mean ± std over seeds."""
     import statistics
 
-    from dllm_rl.results import load_results
+    from dllm_rl.results import load_results, validation_mean
 
     runs = [r for r in (load_results(folder) if folder.is_dir() else []) if (r.get("label") or "") in RL_VARIANTS]
     if not runs:
@@ -112,10 +112,6 @@ def rl_section(folder: Path = RL_FOLDER) -> str | None:
     def acc(r):
         return next(iter(r["metrics"].values()))["accuracy"]
 
-    def val_mean(r):  # mean validation accuracy over the periodic evaluations: the learning curve's level
-        vals = [next(iter(v["metrics"].values()))["accuracy"] for v in r["training"]["validation"]]
-        return statistics.fmean(vals) if vals else float("nan")
-
     plain = [acc(r) for r in runs if not r.get("label")]
     rows = []
     for label in RL_VARIANTS:
@@ -125,7 +121,7 @@ def rl_section(folder: Path = RL_FOLDER) -> str | None:
         tr = [r["training"] for r in mine]
         rows.append([label or "fixed L/2 rollouts, mu 1 (ESPO preset)", len(mine), ms([acc(r) for r in mine], 100),
                      f"{100 * (statistics.fmean(acc(r) for r in mine) - statistics.fmean(plain)):+.1f}" if plain else "-",
-                     ms([val_mean(r) for r in mine], 100),
+                     ms([validation_mean(r) for r in mine], 100),
                      ms([statistics.fmean(c["reward"] for c in t["curve"][-10:]) for t in tr], 1, 3),
                      f"**{statistics.fmean(t['rollout_nfe_per_sample'] / (t['gen_length'] // 2) for t in tr):.2f}**",
                      ms([r["timing"]["train_s"] / t["steps"] for r, t in zip(mine, tr)], 1, 2)])

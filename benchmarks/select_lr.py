@@ -8,12 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dllm_rl.results import load_results  # noqa: E402
-
-
-def validation_level(result: dict) -> float | None:
-    vals = [next(iter(v["metrics"].values()))["accuracy"] for v in (result.get("training") or {}).get("validation") or []]
-    return statistics.fmean(vals) if vals else None
+from dllm_rl.results import load_results, validation_mean  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
@@ -22,7 +17,7 @@ def main(argv: list[str]) -> None:
     table: dict[tuple[str, str], dict[float, list[float]]] = {}
     for folder in argv:
         for r in load_results(folder):
-            level = validation_level(r)
+            level = validation_mean(r)
             label = r.get("label") or ""
             if level is not None and r["seed"] == 0 and (not label or label.startswith("lr")):  # other variants differ in more than lr
                 table.setdefault((r["task"], r["algorithm"]), {}).setdefault(r["config"]["optim"]["lr"], []).append(level)

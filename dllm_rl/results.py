@@ -190,6 +190,13 @@ def _points(result: dict[str, Any], key: str) -> list[tuple[int, float]]:
     return [(p["step"], p[key]) for p in training.get("curve") or [] if key in p]
 
 
+def validation_mean(result: dict[str, Any], metric: str = "accuracy") -> float | None:
+    """Mean of a run's periodic validation scores of ``metric``: the level of its held-out learning
+    curve (steadier than its best single evaluation); None without validation during training."""
+    values = [v for _, v in _points(result, f"val_{metric}")]
+    return statistics.fmean(values) if values else None
+
+
 def curves(results: list[dict[str, Any]], key: str = "reward", smooth: int = 1,
            error: str = "std") -> dict[str, dict[str, dict[str, list[float]]]]:
     """Training curves of ``key`` (a field of each step's metrics) per task and per model + algorithm

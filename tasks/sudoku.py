@@ -125,11 +125,15 @@ def make_puzzle(solution: str, rng: random.Random, min_blanks: int, max_blanks: 
     return "".join(str(givens.get(cell, 0)) for cell in range(CELLS))
 
 
-def _units() -> list[list[int]]:
-    rows = [[SIZE * r + c for c in range(SIZE)] for r in range(SIZE)]
-    cols = [[SIZE * r + c for r in range(SIZE)] for c in range(SIZE)]
-    boxes = [[SIZE * (br + r) + bc + c for r in range(2) for c in range(2)] for br in (0, 2) for bc in (0, 2)]
-    return rows + cols + boxes
+@functools.cache
+def _units() -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """The 12 units (rows, columns, 2x2 boxes) as cell tuples, and each cell's peers."""
+    rows = [tuple(SIZE * r + c for c in range(SIZE)) for r in range(SIZE)]
+    cols = [tuple(SIZE * r + c for r in range(SIZE)) for c in range(SIZE)]
+    boxes = [tuple(SIZE * (br + r) + bc + c for r in range(2) for c in range(2)) for br in (0, 2) for bc in (0, 2)]
+    units = tuple(rows + cols + boxes)
+    peers = tuple(tuple(sorted({c for u in units if cell in u for c in u} - {cell})) for cell in range(CELLS))
+    return units, peers
 
 
 def solve_trace(puzzle: str, solution: str) -> list[tuple[int, int]]:
@@ -137,8 +141,7 @@ def solve_trace(puzzle: str, solution: str) -> list[tuple[int, int]]:
     single), else the first digit with a single place in a row, column or box (hidden single), else the
     blank with fewest candidates filled with its solution digit (4x4 puzzles rarely need it)."""
     grid = [int(ch) for ch in puzzle]
-    units = _units()
-    peers = [sorted({c for u in units if cell in u for c in u} - {cell}) for cell in range(CELLS)]
+    units, peers = _units()
     fills: list[tuple[int, int]] = []
 
     def candidates(cell: int) -> set[int]:
@@ -242,8 +245,12 @@ class Sudoku(Task):
     def reward(self, example: Example, completion: str, style: str) -> float:
         """The configured reward: cell fraction (d1) or 1.0 for a solved puzzle; 0.0 without an answer."""
         if self.config.reward == "solved":
-            return float(parse_grid(self.answer(completion, style)) == example["solution"])
+            return self.solved(example, completion, style)
         return self.cell_fraction(example, completion, style)
+
+    def solved(self, example: Example, completion: str, style: str) -> float:
+        """1.0 when the answer is the whole solution grid, else 0.0."""
+        return float(parse_grid(self.answer(completion, style)) == example["solution"])
 
     def cell_fraction(self, example: Example, completion: str, style: str) -> float:
         """Fraction of originally empty cells filled with the right digit; 0.0 without an answer."""
@@ -258,9 +265,8 @@ class Sudoku(Task):
 
     def score(self, example: Example, completion: str, style: str) -> dict[str, float]:
         """Puzzle-level accuracy (all 16 cells right) and cell-level accuracy (the reward, what papers report)."""
-        grid = parse_grid(self.answer(completion, style))
         return {
-            "accuracy": float(grid == example["solution"]),
+            "accuracy": self.solved(example, completion, style),
             "cell_accuracy": self.cell_fraction(example, completion, style),
         }
 

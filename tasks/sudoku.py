@@ -284,13 +284,25 @@ class Sudoku(Task):
         return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>{solution}</answer>"
 
 
+@dataclass
+class SudokuTraceConfig(SudokuConfig):
+    """Sudoku settings plus the trace layout."""
+
+    pad_trace: bool = True
+    """Pad the trace with ``..`` entries to ``max_blanks`` fills, so the grid always starts at the same
+    position: a tiny model learns a fixed layout far faster than one that moves with the blank count."""
+
+
 class SudokuTrace(Sudoku):
     """Sudoku with a reasoning trace before the answer: the direct-style completion lists the fills of
     a human-style solve as ``<cell in hex><digit>`` pairs, then ``|`` and the 16-digit grid (up to 46
     characters, generated at L=48), so the sequence likelihood covers a reasoning-length completion.
     Only the grid after the last ``|`` is scored; the trace itself earns nothing."""
 
+    Config = SudokuTraceConfig
+    config: SudokuTraceConfig
     SEPARATOR = "|"
+    PAD = ".."
 
     def answer(self, completion: str, style: str) -> str | None:
         if style == "direct":
@@ -298,7 +310,10 @@ class SudokuTrace(Sudoku):
         return super().answer(completion, style)
 
     def trace(self, example: Example) -> str:
-        return " ".join(f"{cell:x}{digit}" for cell, digit in solve_trace(example["puzzle"], example["solution"]))
+        fills = [f"{cell:x}{digit}" for cell, digit in solve_trace(example["puzzle"], example["solution"])]
+        if self.config.pad_trace:
+            fills += [self.PAD] * (self.config.max_blanks - len(fills))
+        return " ".join(fills)
 
     def reference(self, example: Example, style: str) -> str:
         check_style(style)

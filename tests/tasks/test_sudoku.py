@@ -171,7 +171,7 @@ def test_solve_trace_fills_forced_cells_in_order():
 def test_trace_task_scores_only_the_grid_after_the_separator():
     from dllm_rl.tasks.sudoku import SudokuTrace
 
-    task = SudokuTrace()
+    task = SudokuTrace(SudokuTrace.Config(pad_trace=False))
     ref = task.reference(EXAMPLE, "direct")
     trace, grid = ref.split("|")
     assert grid == SOLUTION and trace.startswith("23 ") and len(trace.split()) == 8
@@ -183,3 +183,14 @@ def test_trace_task_scores_only_the_grid_after_the_separator():
     assert max(len(task.reference(ex, "direct")) for ex in task.examples("train")) <= 48
     assert task.score(EXAMPLE, task.reference(EXAMPLE, "chat"), "chat")["accuracy"] == 1.0
     assert task.examples("test") == Sudoku().examples("test")  # same puzzles and split as sudoku
+
+
+def test_padded_trace_puts_the_grid_at_one_position():
+    from dllm_rl.tasks.sudoku import SudokuTrace
+
+    task = SudokuTrace()  # pad_trace is the default
+    ref = task.reference(EXAMPLE, "direct")
+    assert ref.split("|")[0].split()[8:] == ["..", ".."]  # 8 fills, padded to max_blanks = 10
+    assert task.score(EXAMPLE, ref, "direct") == {"accuracy": 1.0, "cell_accuracy": 1.0}
+    refs = [task.reference(ex, "direct") for ex in task.examples("validation")]
+    assert {r.index("|") for r in refs} == {3 * 10 - 1} and max(map(len, refs)) <= 48

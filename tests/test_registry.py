@@ -64,3 +64,15 @@ def test_presets_match_on_model_task_and_algorithm_in_file_order():
     assert other and all("algorithm.mu" not in p for p in other)
     # another model gets no tiny preset
     assert all("optim.lr" not in p for p in registry.presets("some-hf-model", "sudoku", "espo"))
+
+
+def test_trace_task_gets_sudokus_paper_settings():
+    from dllm_rl.pipeline import resolve_config
+
+    def params(algo, task):
+        return resolve_config(algo, task, "tiny").algorithm.params
+
+    for algo, mu in (("diffu-grpo", 8), ("token-elbo", 8), ("espo", 1)):
+        assert params(algo, "sudoku-trace")["mu"] == params(algo, "sudoku")["mu"] == mu
+    assert params("spg", "sudoku-trace")["eubo_beta"] == 1.0
+    assert resolve_config("espo", "sudoku-trace", "tiny").pretrain.num_examples is None  # all traces, stopped early

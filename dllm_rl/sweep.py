@@ -6,9 +6,12 @@ a different configuration is a conflict (refused unless ``force``), so a folder 
 settings. Each invocation is appended to ``sweeps.jsonl`` in the output folder (command, grid, outcome)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -252,16 +255,41 @@ def execute(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = prin
     import multiprocessing
 
     _warm_tiny_cache(todo)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_job, job.run): job for job in todo}
-        log(f"running {len(todo)} job(s) on {min(workers, len(todo))} worker process(es)")
-        for fut in as_completed(futures):
-            job = futures[fut]
-            try:
-                report(job, fut.result(), None)
-            except Exception as exc:
-                report(job, None, exc)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        with _sigterm_as_interrupt():
+            futures = {pool.submit(_run_job, job.run): job for job in todo}
+            log(f"running {len(todo)} job(s) on {min(workers, len(todo))} worker process(es)")
+            for fut in as_completed(futures):
+                job = futures[fut]
+                try:
+                    report(job, fut.result(), None)
+                except Exception as exc:
+                    report(job, None, exc)
+    except BaseException:  # interrupted or killed: stop the workers too, so no orphan keeps writing results
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise
+    pool.shutdown()
     return counts
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt (in the main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def record(out: str, grid: Grid, jobs: list[Job], counts: dict[str, int], started: float) -> None:

@@ -1,5 +1,13 @@
 """`dllm-rl sweep` end to end on the tiny model (2-step runs), resumed, then `compare` with plots."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
 
 
 
@@ -41,3 +49,43 @@ def test_sweep_bad_input_is_one_line(tmp_path, capsys, run_main):
                          (["compare", str(tmp_path), "--plots", str(tmp_path / "p")], "no results files")]:
         code, _, err = run_main(args)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and not fields.get("State", "").startswith("Z"):
+            out.add(int(status.parent.name))
+    return out
+
+
+def test_killed_parallel_sweep_stops_its_workers(tmp_path):
+    """SIGTERM to `dllm-rl sweep --workers 2` must not leave worker processes running (writing results)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    args = ["sweep", "--algo", "espo", "--task", "sudoku", "--seeds", "0,1", "--workers", "2",
+            "--out", str(tmp_path / "res"), "--run-dir", str(tmp_path / "runs"),
+            *TINY, "--set", "optim.max_steps=1000"]
+    env = {**os.environ, "DLLM_RL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", "from dllm_rl.cli import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 240
+    workers: set[int] = set()
+    while time.time() < deadline and len(workers) < 2:
+        time.sleep(0.5)
+        workers = _children(proc.pid)
+    assert len(workers) >= 2, "the sweep never started its workers"
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    time.sleep(1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "\tZ" not in Path(f"/proc/{pid}/status").read_text()]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, proc.stdout.read()
+    assert not list((tmp_path / "res").glob("*.json"))

@@ -93,6 +93,22 @@ def test_kl_ablation_on_the_sequence_elbo(toy, kind):
     assert metrics["kl"] == pytest.approx(sum(k(x) / 3 for x in d) / 4, abs=1e-6)
 
 
+@pytest.mark.parametrize("likelihood", ["mean_field", "elbo"])
+def test_on_policy_sequence_and_token_actions_differ_only_in_the_kl(toy, likelihood):
+    """At the first policy iteration every ratio is 1: the sequence and token policy gradients are the same
+    (both average over B * L), so with mu = 1 the action axis of the ablation only changes the KL term."""
+    grads = {}
+    for beta in (0.0, 0.5):
+        for action in ("sequence", "token"):
+            algo = espo(f"action={action}", f"likelihood={likelihood}", f"beta={beta}", "mu=1")
+            adapter = toy.adapter(ref_probs=[[1e-12, 1e-12, 0.2, 0.5, 0.3]] * 3)
+            batch = toy.batch(ROWS, ADV, step=STEP)
+            loss, _ = algo.loss(adapter, batch, algo.prepare(adapter, batch, 4), 0)
+            grads[beta, action] = torch.autograd.grad(loss, [adapter.model.table])[0]
+    assert torch.allclose(grads[0.0, "sequence"], grads[0.0, "token"], atol=1e-7)
+    assert not torch.allclose(grads[0.5, "sequence"], grads[0.5, "token"], atol=1e-4)
+
+
 def test_espo_token_mean_field_cell_is_diffu_grpo(toy):
     """With d1's remaining settings the ablation cell token x mean-field of ESPO is diffu-GRPO's loss."""
     d1 = DiffuGRPOConfig(mu=2)

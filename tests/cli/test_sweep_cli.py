@@ -51,16 +51,31 @@ def test_sweep_bad_input_is_one_line(tmp_path, capsys, run_main):
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
 
 
-def _children(pid: int) -> set[int]:
-    """Live processes whose parent is ``pid`` (from /proc)."""
+def _status(pid: int) -> dict[str, str]:
+    """Fields of /proc/<pid>/status; empty once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return {k: v.strip() for k, v in (line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)}
+
+
+def _alive(pid: int) -> bool:
+    state = _status(pid).get("State", "")
+    return bool(state) and not state.startswith("Z")
+
+
+def _pool_workers(pid: int) -> set[int]:
+    """Live multiprocessing workers (``spawn_main``) whose parent is ``pid``."""
     out = set()
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
-            continue
-        if fields.get("PPid", "").strip() == str(pid) and not fields.get("State", "").startswith("Z"):
-            out.add(int(status.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        child = int(entry.name)
+        if _status(child).get("PPid") == str(pid) and _alive(child):
+            try:
+                if b"spawn_main" in (entry / "cmdline").read_bytes():
+                    out.add(child)
+            except OSError:
+                continue
     return out
 
 
@@ -78,13 +93,13 @@ def test_killed_parallel_sweep_stops_its_workers(tmp_path):
     workers: set[int] = set()
     while time.time() < deadline and len(workers) < 2:
         time.sleep(0.5)
-        workers = _children(proc.pid)
+        workers = _pool_workers(proc.pid)
     assert len(workers) >= 2, "the sweep never started its workers"
     time.sleep(2)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     time.sleep(1)
-    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "\tZ" not in Path(f"/proc/{pid}/status").read_text()]
+    alive = [pid for pid in workers if _alive(pid)]
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, proc.stdout.read()

@@ -74,11 +74,12 @@ def get(kind: str, name: str) -> Entry:
 
 def presets(model: str, task: str, algorithm: str, family: str | None = None) -> list[dict[str, Any]]:
     """Settings from registry.yaml presets whose ``match`` fits this model/task/algorithm, in file order.
-    A ``model`` match also fits the model's family (``llada`` presets apply to ``llada-1.5``)."""
+    A ``model`` match also fits the model's family (``llada`` presets apply to ``llada-1.5``); a match
+    value may be a list of names (any of them fits)."""
     chosen = {"model": {model, family or model}, "task": {task}, "algorithm": {algorithm}}
     out = []
     for preset in _builtin().get("presets") or []:
-        if all(v in chosen.get(k, ()) for k, v in preset["match"].items()):
+        if all(set(v if isinstance(v, list) else [v]) & chosen.get(k, set()) for k, v in preset["match"].items()):
             out.append(preset["set"])
     return out
 

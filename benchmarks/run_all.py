@@ -89,18 +89,23 @@ def accuracy_section(data: dict) -> str:
                  "same text as baseline", "n"], rows))
 
 
-RL_FOLDER = ROOT / "results" / "sudoku-espo"
-RL_VARIANTS = ["", "threshold-0.9", "threshold-0.8", "mu2-iteration", "mu2-rollout"]
+# (task shown, results folder, grid that fills it, variants in table order)
+RL_SECTIONS = [
+    ("Sudoku", "sudoku-espo", "cheap-rollouts.yaml",
+     ["", "threshold-0.9", "threshold-0.8", "threshold-0.9-budget5", "mu2-iteration", "mu2-rollout"]),
+    ("Countdown", "countdown-espo", "cheap-rollouts-countdown.yaml", ["", "threshold-0.9-budget3"]),
+]
 
 
-def rl_section(folder: Path = RL_FOLDER) -> str | None:
-    """The options inside RL, from the runs of `dllm-rl sweep --grid experiments/cheap-rollouts.yaml`:
-    held-out accuracy (fixed L/2 greedy protocol) and cost per variant, mean ± std over seeds."""
+def rl_section(task: str, folder_name: str, grid: str, variants: list[str]) -> str | None:
+    """The options inside RL, from the runs of `dllm-rl sweep --grid experiments/<grid>`: held-out
+    accuracy (fixed L/2 greedy protocol) and cost per variant, mean ± std over seeds."""
     import statistics
 
     from dllm_rl.results import load_results, validation_mean
 
-    runs = [r for r in (load_results(folder) if folder.is_dir() else []) if (r.get("label") or "") in RL_VARIANTS]
+    folder = ROOT / "results" / folder_name
+    runs = [r for r in (load_results(folder) if folder.is_dir() else []) if (r.get("label") or "") in variants]
     if not runs:
         return None
 
@@ -114,7 +119,7 @@ def rl_section(folder: Path = RL_FOLDER) -> str | None:
 
     plain = [acc(r) for r in runs if not r.get("label")]
     rows = []
-    for label in RL_VARIANTS:
+    for label in variants:
         mine = sorted((r for r in runs if (r.get("label") or "") == label), key=lambda r: r["seed"])
         if not mine:
             continue
@@ -126,11 +131,11 @@ def rl_section(folder: Path = RL_FOLDER) -> str | None:
                      f"**{statistics.fmean(t['rollout_nfe_per_sample'] / (t['gen_length'] // 2) for t in tr):.2f}**",
                      ms([r["timing"]["train_s"] / t["steps"] for r, t in zip(mine, tr)], 1, 2)])
     base = statistics.fmean(next(iter(r["base"].values()))["accuracy"] for r in runs)
-    return (f"ESPO on Sudoku, tiny model, {tr[0]['steps']} RL steps of {tr[0]['rollouts_per_step']} rollouts, seeds "
+    return (f"ESPO on {task}, tiny model, {tr[0]['steps']} RL steps of {tr[0]['rollouts_per_step']} rollouts, seeds "
             f"{sorted({r['seed'] for r in runs})}; base {100 * base:.1f}. Test accuracy is always scored with the fixed "
             "L/2-step greedy protocol, so it compares the trained models, not the decoders. Produced by "
-            "`dllm-rl sweep --grid experiments/cheap-rollouts.yaml` (files in results/sudoku-espo); curves: "
-            "`dllm-rl compare results/sudoku-espo --plots DIR --plot-metric reward --plot-metric val_accuracy "
+            f"`dllm-rl sweep --grid experiments/{grid}` (files in results/{folder_name}); curves: "
+            f"`dllm-rl compare results/{folder_name} --plots DIR --plot-metric reward --plot-metric val_accuracy "
             "--plot-metric rollout_nfe`. Seconds per step were measured while two to four runs shared the two "
             "cores: compare NFE, not seconds, across rows.\n\n" + md_table(
                 ["rollouts / updates", "seeds", "test accuracy %", "Δ vs fixed", "mean validation accuracy % (steps 10-60)",
@@ -162,9 +167,10 @@ def main(argv=None):
         sections.append("## Speed: sampler, policy update, FLOP model\n\n" + speed_section(speed_data))
     if acc_data:
         sections.append("## Cheaper rollouts: accuracy of threshold decoding (tiny model)\n\n" + accuracy_section(acc_data))
-    rl = rl_section()
-    if rl:
-        sections.append("## Cheaper rollouts and updates inside RL (3 seeds)\n\n" + rl)
+    for task, *spec in RL_SECTIONS:
+        rl = rl_section(task, *spec)
+        if rl:
+            sections.append(f"## Cheaper rollouts and updates inside RL: {task} (3 seeds)\n\n" + rl)
     atomic_write_text(ROOT / "BENCHMARKS.md", "\n\n".join(sections) + "\n")
     print("wrote BENCHMARKS.md")
 

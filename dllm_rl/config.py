@@ -76,7 +76,8 @@ class RolloutConfig:
     gen_length: int | None = None
     """None = the task protocol's training length."""
     steps: int | None = None
-    """Denoising steps; None = gen_length // 2."""
+    """Denoising steps; None = gen_length // 2. With ``threshold``: a budget (at most this many steps,
+    the fixed schedule of that many as the floor); None = no cap."""
     block_length: int = 32
     temperature: float = 0.9
     remasking: str = "low_confidence"

@@ -23,7 +23,8 @@ class SamplerConfig:
 
     gen_length: int = 256
     steps: int | None = None
-    """Denoising steps in total; None = gen_length // 2 (two tokens per step)."""
+    """Denoising steps in total; None = gen_length // 2 (two tokens per step). With ``threshold`` it is
+    a budget: at most this many steps (spread over blocks as in the fixed schedule), None = no cap."""
     block_length: int = 32
     temperature: float = 0.0
     remasking: str = "low_confidence"
@@ -32,8 +33,10 @@ class SamplerConfig:
     threshold: float | None = None
     """Confidence-threshold parallel decoding (Fast-dLLM): each step commits every masked position of
     the row's current block whose confidence (low_confidence: the model's probability of the chosen
-    token; margin: its top-2 gap) is above this, and at least the most confident one; ``steps`` is
-    then ignored. None = the fixed schedule; 1.0 = one token per step."""
+    token; margin: its top-2 gap) is above this, and at least the most confident one; with ``steps``
+    set, also at least what the fixed schedule of that many steps would commit given the row's remaining
+    positions and steps in its block (the fixed schedule is the floor; threshold 1.0 reproduces it).
+    None = the fixed schedule; 1.0 and ``steps`` None = one token per step."""
     eos_id: int | None = None
     """Early stop: once every masked position of a row lies in blocks after a fully committed block
     containing this token, the rest is filled with it (log-prob 0) without further forward passes.
@@ -162,6 +165,11 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
     active = torch.ones(b, dtype=torch.bool)
     block_of = torch.arange(length) // cfg.block_length  # block index of every completion position
     plan = _fixed_plan(cfg) if cfg.threshold is None else None
+    budget = None  # threshold with a step budget: steps allowed in each block
+    if plan is None and cfg.steps is not None:
+        budget = torch.tensor([n for _, _, n in _block_steps(length, cfg.block_length, cfg.steps)])
+        used = torch.zeros(b, dtype=torch.long)  # steps each row has spent in its current block
+        row_block = torch.zeros(b, dtype=torch.long)
     t = 0
     while bool(active.any()) and (plan is None or t < len(plan)):
         idx = active.nonzero().squeeze(1)
@@ -177,6 +185,14 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
             conf = conf.masked_fill(~eligible, float("-inf"))
             select = eligible & (conf > cfg.threshold)
             select[torch.arange(n), conf.argmax(1)] = True
+            if budget is not None:  # the fixed schedule's count as a floor: ceil(remaining / steps left)
+                used[idx] = torch.where(current == row_block[idx], used[idx], 0)
+                row_block[idx] = current
+                left = (budget[current] - used[idx]).clamp(min=1)
+                floor = (eligible.sum(1) + left - 1) // left
+                rank = conf.argsort(dim=1, descending=True, stable=True).argsort(dim=1)
+                select |= eligible & (rank < floor[:, None])
+                used[idx] += 1
         else:
             start, end, n_commit = plan[t]
             in_block = (torch.arange(length) >= start) & (torch.arange(length) < end)

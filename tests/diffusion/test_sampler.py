@@ -389,6 +389,55 @@ def test_threshold_padded_batch_equals_rows_alone_and_counts_true_forward_passes
         assert int(row[:8].max()) < int(row[8:].min())  # blocks in order
 
 
+@pytest.mark.parametrize("steps,block_length", [(4, 12), (5, 4), (6, 4), (7, 12)])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_threshold_one_with_a_step_budget_is_the_fixed_schedule(logits_fn, steps, block_length, temperature):
+    """With a budget the fixed schedule is the floor and threshold 1.0 adds nothing above it, so the
+    output is the fixed ``steps``-step schedule's, token for token and step for step (blocks included)."""
+    base = dict(gen_length=12, block_length=block_length, temperature=temperature, steps=steps)
+    fixed = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**base), gens([5, 6, 7, 8]))
+    thr = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**base, threshold=1.0), gens([5, 6, 7, 8]))
+    assert_same_output(thr, fixed)
+    assert thr.row_nfe.tolist() == [steps] * 4
+
+
+@pytest.mark.parametrize("threshold", [0.35, 0.6, 0.9])
+def test_threshold_step_budget_caps_each_rows_passes_and_keeps_batch_equal_to_rows_alone(logits_fn, threshold):
+    """A budget never lets a row take more passes than it (in every block), never fewer than the
+    uncapped threshold's commits per step, and a padded batch still equals each row alone."""
+    seeds = [31, 32, 33, 34]
+    capped = SamplerConfig(gen_length=16, block_length=8, temperature=1.0, threshold=threshold, steps=4)
+    free = SamplerConfig(gen_length=16, block_length=8, temperature=1.0, threshold=threshold)
+    batch = generate(logits_fn, PROMPTS, MASK, PAD, capped, gens(seeds))
+    assert_batch_equals_alone(batch, run_alone(logits_fn, capped, seeds))
+    uncapped = generate(logits_fn, PROMPTS, MASK, PAD, free, gens(seeds))
+    assert bool((batch.row_nfe <= 4).all()) and bool((batch.row_nfe <= uncapped.row_nfe).all())
+    for row in batch.commit_step:  # two steps per block of 8: blocks (0-7) and (8-15)
+        assert int(row[:8].max()) <= 1 and int(row[8:].max()) <= int(row[8:].min()) + 1
+    assert bool((batch.completions != MASK).all())
+    if threshold == 0.9:  # the cap binds: uncapped rows of this sharp random model need more passes
+        assert bool((uncapped.row_nfe > 4).any())
+
+
+def test_threshold_step_budget_floor_by_hand():
+    """Confidences 0.95, 0.7, 0.97, 0.8, 0.6, threshold 0.9, budget 2 steps: step 0 commits the two above
+    the threshold and ceil(5 / 2) = 3 at least, so also 0.8; step 1 commits the remaining two."""
+    top = torch.tensor([0.95, 0.3, 0.97, 0.2, 0.6])
+
+    def fn(ids, attn):
+        logits = torch.full((ids.shape[0], ids.shape[1], 6), -30.0)
+        tp = ids.shape[1] - 5
+        logits[:, tp:, 3] = (top / (1 - top)).log()
+        logits[:, tp:, 4] = 0.0
+        return logits
+
+    out = generate(fn, [[4, 5]], MASK, PAD, SamplerConfig(gen_length=5, block_length=5, threshold=0.9, steps=2))
+    assert out.commit_step.tolist() == [[0, 1, 0, 0, 1]] and out.nfe == 2
+    out = generate(fn, [[4, 5]], MASK, PAD, SamplerConfig(gen_length=5, block_length=5, threshold=0.9, steps=3))
+    # step 0: the two above 0.9 (>= ceil 5/3 = 2); step 1: ceil(3/2) = 2, so 0.8 and 0.7; step 2: 0.6
+    assert out.commit_step.tolist() == [[0, 1, 0, 1, 2]] and out.nfe == 3
+
+
 def test_threshold_validation():
     with pytest.raises(ValueError, match="threshold"):
         SamplerConfig(threshold=0.9, remasking="entropy")

@@ -1,7 +1,7 @@
 """Accuracy impact of the cheaper rollout options on the tiny model's held-out accuracy: greedy
 decoding of the cached base checkpoint (the model ESPO starts from) on the Sudoku and Countdown test
 splits, fixed L/2-step schedule (the evaluation protocol) against confidence-threshold decoding with
-and without EOS early stop, and with a step budget (a fraction of L/2 steps, rounded down; the fixed
+and without EOS early stop, and with a step budget (a fraction of L/2 steps, rounded; the fixed
 schedule of that many steps is the floor). Reports accuracy, NFE per sample (each row's own forward passes) and the
 NFE ratio to the L/2 baseline; writes results/benchmarks/threshold_accuracy.json.
 
@@ -78,7 +78,7 @@ def main(argv=None):
         length = task.protocol(adapter.prompt_style).lengths[0]
         rows, base = [], None
         for label, threshold, early, frac in variants:
-            steps = None if frac is None else max(1, int(frac * (length // 2)))
+            steps = None if frac is None else max(1, round(frac * (length // 2)))
             cfg = SamplerConfig(gen_length=length, block_length=a.block_length or run.rollout.block_length, temperature=0.0,
                                 steps=steps, threshold=threshold, remasking=a.remasking if threshold is not None else "low_confidence",
                                 eos_id=adapter.eos_id if early else None)

@@ -83,9 +83,11 @@ def accuracy_section(data: dict) -> str:
                          f"{100 * r['accuracy_delta']:+.1f}", f"{r['nfe_per_sample']:.1f}", f"**{r['nfe_ratio']:.2f}**",
                          f"{r['time_ratio']:.2f}", f"{r['same_text_frac']:.2f}", r["n"]])
     return (f"Greedy decoding of the cached tiny base checkpoints (the ESPO starting point) on the {data['split']} split; "
-            "NFE = each row's own forward passes (rows leave the batch when done). \"budget f x L/2 steps (S)\" caps "
+            "NFE = each row's own forward passes (rows leave the batch when done). \"budget f x L/2 = S steps\" caps "
             "every row at S passes: each step commits at least what the fixed S-step schedule would, and everything "
-            f"above the threshold. Load average {m['load_avg_1m']}, "
+            "above the threshold. \"prompt cache\": passes after the first run over the completion only and reuse "
+            "the prompt's keys and values from the last full pass (time ratio = its saving). "
+            f"Load average {m['load_avg_1m']}, "
             f"OMP_NUM_THREADS={m['omp_num_threads']}.\n\n" + md_table(
                 ["task", "decoding", "L", "accuracy %", "Δ vs L/2", "NFE/sample", "NFE / L/2 baseline", "time ratio",
                  "same text as baseline", "n"], rows))

@@ -1,8 +1,8 @@
 """Accuracy impact of the cheaper rollout options on the tiny model's held-out accuracy: greedy
 decoding of the cached base checkpoint (the model ESPO starts from) on the Sudoku and Countdown test
 splits, fixed L/2-step schedule (the evaluation protocol) against confidence-threshold decoding with
-and without EOS early stop, and with a step budget (a fraction of L/2 steps, rounded; the fixed
-schedule of that many steps is the floor). Reports accuracy, NFE per sample (each row's own forward passes) and the
+and without EOS early stop, with a step budget (a fraction of L/2 steps, rounded; the fixed
+schedule of that many steps is the floor), and with approximate prompt caching. Reports accuracy, NFE per sample (each row's own forward passes) and the
 NFE ratio to the L/2 baseline; writes results/benchmarks/threshold_accuracy.json.
 
 Set DLLM_RL_CACHE to reuse cached base models (pretraining them takes minutes)."""
@@ -22,15 +22,19 @@ from dllm_rl.diffusion.sampler import SamplerConfig, generate  # noqa: E402
 from dllm_rl.models import tiny_family  # noqa: E402
 from dllm_rl.pipeline import build_task, gen_length_of, resolve_config  # noqa: E402
 
-# (label, threshold, early stop, step budget as a fraction of the L/2 baseline's steps)
-VARIANTS = [("fixed L/2 (baseline)", None, False, None), ("threshold 0.99", 0.99, False, None),
-            ("threshold 0.95", 0.95, False, None), ("threshold 0.9", 0.9, False, None),
-            ("threshold 0.9 + early stop", 0.9, True, None), ("threshold 0.88", 0.88, False, None),
-            ("threshold 0.85", 0.85, False, None), ("threshold 0.8", 0.8, False, None), ("threshold 0.7", 0.7, False, None),
-            ("threshold 0.5", 0.5, False, None),
-            ("threshold 0.95, budget 0.42 x L/2 steps", 0.95, False, 0.42),
-            ("threshold 0.9, budget 0.42 x L/2 steps", 0.9, False, 0.42),
-            ("threshold 0.9, budget 0.33 x L/2 steps", 0.9, False, 0.33)]
+# (label, threshold, early stop, step budget as a fraction of the L/2 baseline's steps,
+#  prompt cache: None = off, else refresh every N passes with 0 = never)
+VARIANTS = [("fixed L/2 (baseline)", None, False, None, None), ("threshold 0.99", 0.99, False, None, None),
+            ("threshold 0.95", 0.95, False, None, None), ("threshold 0.9", 0.9, False, None, None),
+            ("threshold 0.9 + early stop", 0.9, True, None, None), ("threshold 0.88", 0.88, False, None, None),
+            ("threshold 0.85", 0.85, False, None, None), ("threshold 0.8", 0.8, False, None, None),
+            ("threshold 0.7", 0.7, False, None, None), ("threshold 0.5", 0.5, False, None, None),
+            ("threshold 0.95, budget 0.42 x L/2 steps", 0.95, False, 0.42, None),
+            ("threshold 0.9, budget 0.42 x L/2 steps", 0.9, False, 0.42, None),
+            ("threshold 0.9, budget 0.33 x L/2 steps", 0.9, False, 0.33, None),
+            ("fixed L/2, prompt cache", None, False, None, 0),
+            ("fixed L/2, prompt cache refreshed every 3 passes", None, False, None, 3),
+            ("threshold 0.9, budget 0.42 x L/2 steps, prompt cache refreshed every 3 passes", 0.9, False, 0.42, 3)]
 
 
 def evaluate(adapter, task, split, cfg: SamplerConfig, batch_size: int, max_examples: int | None):
@@ -40,7 +44,8 @@ def evaluate(adapter, task, split, cfg: SamplerConfig, batch_size: int, max_exam
     texts, nfe = [], []
     start = time.perf_counter()
     for i in range(0, len(prompts), batch_size):
-        out = generate(adapter.logits, prompts[i:i + batch_size], adapter.mask_id, adapter.pad_id, cfg)
+        out = generate(adapter.logits, prompts[i:i + batch_size], adapter.mask_id, adapter.pad_id, cfg, None,
+                       adapter.prompt_cache_fns() if cfg.prompt_cache else None)
         texts.extend(adapter.decode(row) for row in out.completions)
         nfe.append(out.row_nfe)
     seconds = time.perf_counter() - start
@@ -61,13 +66,16 @@ def main(argv=None):
                    help="threshold variants to run after the baseline (default: the standard list)")
     p.add_argument("--budget", type=float, default=None,
                    help="with --thresholds: a step budget, as a fraction of the L/2 baseline's steps")
+    p.add_argument("--prompt-cache", type=int, default=None,
+                   help="with --thresholds: reuse the prompt's keys and values, refreshed every N passes (0 = never)")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "margin"])
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks (default: the run's)")
     p.add_argument("--out", default="threshold_accuracy", help="name of the JSON file in results/benchmarks/")
     a = p.parse_args(argv)
     budget = a.budget
     variants = VARIANTS if a.thresholds is None else [VARIANTS[0]] + [
-        (f"threshold {t:g}" + (f", budget {budget:g} x L/2 steps" if budget else ""), t, False, budget) for t in a.thresholds]
+        (f"threshold {t:g}" + (f", budget {budget:g} x L/2 steps" if budget else ""), t, False, budget, a.prompt_cache)
+        for t in a.thresholds]
     torch.set_grad_enabled(False)
     results = {"machine": machine(), "split": a.split, "tasks": {}}
     for name in a.tasks:
@@ -77,17 +85,18 @@ def main(argv=None):
         adapter.model.eval()
         length = task.protocol(adapter.prompt_style).lengths[0]
         rows, base = [], None
-        for label, threshold, early, frac in variants:
+        for label, threshold, early, frac, cache in variants:
             steps = None if frac is None else max(1, round(frac * (length // 2)))
             cfg = SamplerConfig(gen_length=length, block_length=a.block_length or run.rollout.block_length, temperature=0.0,
-                                steps=steps, threshold=threshold, remasking=a.remasking if threshold is not None else "low_confidence",
+                                steps=steps, threshold=threshold, prompt_cache=cache is not None,
+                                prompt_cache_refresh=cache or 0, remasking=a.remasking if threshold is not None else "low_confidence",
                                 eos_id=adapter.eos_id if early else None)
             r = evaluate(adapter, task, a.split, cfg, a.batch_size, a.max_examples)
             texts = r.pop("texts")
             if base is None:
                 base, base_texts = r, texts
-            label = label if steps is None else f"{label} ({steps})"
-            r.update(variant=label, threshold=threshold, early_stop=early, steps=steps, gen_length=length,
+            label = label if steps is None else label.replace("x L/2 steps", f"x L/2 = {steps} steps")
+            r.update(variant=label, threshold=threshold, early_stop=early, steps=steps, prompt_cache=cache, gen_length=length,
                      nfe_ratio=r["nfe_per_sample"] / base["nfe_per_sample"], accuracy_delta=r["accuracy"] - base["accuracy"],
                      time_ratio=r["seconds"] / base["seconds"],
                      same_text_frac=sum(t == u for t, u in zip(texts, base_texts)) / len(texts))

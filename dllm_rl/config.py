@@ -84,6 +84,11 @@ class RolloutConfig:
     threshold: float | None = None
     """Confidence-threshold parallel decoding (Fast-dLLM): commit every token of the current block above
     this confidence, at least one per step (steps then adapt per row); None = the fixed schedule."""
+    prompt_cache: bool = False
+    """Approximate prompt caching (built-in tiny model): the prompt's keys and values from the first
+    denoising pass are reused by the later passes, which run over the completion only."""
+    prompt_cache_refresh: int = 0
+    """With ``prompt_cache``: a full pass refreshes the cache every this many passes (0 = never)."""
     early_stop: bool = False
     """Stop a row once its remaining masked positions all follow a committed block containing EOS,
     filling them with EOS (exact whenever the model would decode EOS there)."""
@@ -93,6 +98,8 @@ class RolloutConfig:
             raise ValueError(f"threshold must be in [0, 1] or null, got {self.threshold}")
         if self.threshold is not None and self.remasking not in ("low_confidence", "margin"):
             raise ValueError(f"threshold needs remasking low_confidence or margin, got {self.remasking!r}")
+        if self.prompt_cache_refresh < 0:
+            raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
 
 
 @dataclass

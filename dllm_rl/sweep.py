@@ -100,11 +100,16 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "output"} | {"label": (config.get("output") or {}).get("label", "")}
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _differences(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Settings where ``a`` (an existing run's configuration) and ``b`` differ. A setting that ``a``
+    lacks (the file predates it) counts as its default: adding an option does not invalidate results."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
+        d = defaults if isinstance(defaults, dict) else {}
         for k in sorted(set(a) | set(b)):
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+            if k not in a and k in d and b.get(k) == d[k]:
+                continue
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.", d.get(k))
         return out
     return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
 
@@ -169,7 +174,8 @@ def _diff_with_existing(job: Job) -> list[str] | None:
         return None  # missing or unreadable: run (again)
     if old.get("schema") != SCHEMA:
         return None
-    return _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)))
+    return _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)), "",
+                        _comparable(to_dict(RunConfig())))
 
 
 def _finished_meanwhile(job: Job) -> bool:

@@ -109,7 +109,14 @@ class Trainer:
             raise UsageError(f"eval.val_split {run.eval.val_split!r} is not a split of task {run.task.name!r}; "
                              f"valid: {', '.join(s for s in task.splits if s != run.eval.split)}")
         self.sampler = SamplerConfig(gen_length=gen_length, steps=r.steps, block_length=r.block_length,
-                                     temperature=r.temperature, remasking=r.remasking, threshold=r.threshold, eos_id=adapter.eos_id if r.early_stop else None)
+                                     temperature=r.temperature, remasking=r.remasking, threshold=r.threshold,
+                                     prompt_cache=r.prompt_cache, prompt_cache_refresh=r.prompt_cache_refresh,
+                                     eos_id=adapter.eos_id if r.early_stop else None)
+        if r.prompt_cache:
+            try:
+                adapter.prompt_cache_fns()
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         self.primary = task.protocol(adapter.prompt_style).primary_metric
         self.state = TrainState()
 
@@ -134,7 +141,8 @@ class Trainer:
         prompts = [self.adapter.encode_prompt(self.task.prompt(ex, style)) for ex in examples]
         gens = [keyed_generator(self.run.seed, "rollout", step, ex["id"], j % g) for j, ex in enumerate(examples)]
         self.adapter.model.eval()
-        out = generate(self.adapter.logits, prompts, self.adapter.mask_id, self.adapter.pad_id, self.sampler, gens)
+        cache_fns = self.adapter.prompt_cache_fns() if self.sampler.prompt_cache else None
+        out = generate(self.adapter.logits, prompts, self.adapter.mask_id, self.adapter.pad_id, self.sampler, gens, cache_fns)
         self.adapter.model.train()
         texts = [self.adapter.decode(row) for row in out.completions]
         self._step_rewards = [float(r) for r in self.task.rewards(examples, texts, style)]

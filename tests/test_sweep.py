@@ -55,6 +55,23 @@ def test_done_runs_are_skipped_and_changed_ones_are_conflicts(tmp_path):
         sweep.execute(again)
 
 
+def test_a_setting_added_after_a_run_counts_as_its_default(tmp_path):
+    """Results written before an option existed (its key absent) still match a run that keeps the
+    option's default, and conflict with one that changes it."""
+    def finish_without(job, section, key):
+        config = to_dict(job.run)
+        del config[section][key]
+        write_result(job.path, {"schema": SCHEMA, "config": config, "algorithm": job.algorithm})
+
+    jobs = sweep.plan(grid(tmp_path))
+    finish_without(jobs[0], "rollout", "prompt_cache")
+    finish_without(jobs[1], "rollout", "prompt_cache")
+    assert [j.status for j in sweep.plan(grid(tmp_path))][:2] == ["done", "done"]
+    changed = sweep.plan(grid(tmp_path, sets=["optim.max_steps=3", "rollout.prompt_cache=true"]))
+    assert [j.status for j in changed][:2] == ["conflict", "conflict"]
+    assert "rollout.prompt_cache: None -> True" in changed[0].detail
+
+
 def test_execute_runs_only_what_is_left_and_survives_a_failure(tmp_path, monkeypatch):
     jobs = sweep.plan(grid(tmp_path))
     finish(jobs[0])

@@ -37,6 +37,14 @@ class SamplerConfig:
     set, also at least what the fixed schedule of that many steps would commit given the row's remaining
     positions and steps in its block (the fixed schedule is the floor; threshold 1.0 reproduces it).
     None = the fixed schedule; 1.0 and ``steps`` None = one token per step."""
+    prompt_cache: bool = False
+    """Approximate prompt caching: the prompt's keys and values are computed once, in the first pass
+    (with the completion all masks), and reused by every later pass, which runs over the completion
+    positions only. Exact for a one-layer model; otherwise an approximation whose accuracy impact
+    BENCHMARKS.md measures. Needs ``prompt_cache_fns`` in :func:`generate`."""
+    prompt_cache_refresh: int = 0
+    """With ``prompt_cache``: a full pass that refreshes the cache every this many passes of a row
+    (0 = only the first pass)."""
     eos_id: int | None = None
     """Early stop: once every masked position of a row lies in blocks after a fully committed block
     containing this token, the rest is filled with it (log-prob 0) without further forward passes.
@@ -51,6 +59,8 @@ class SamplerConfig:
                                  f"got remasking={self.remasking!r}")
             if not 0.0 <= self.threshold <= 1.0:
                 raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.prompt_cache_refresh < 0:
+            raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
 
     @property
     def num_steps(self) -> int:
@@ -146,15 +156,20 @@ def _propose(raw: torch.Tensor, cfg: SamplerConfig, mask_id: int, generators: li
 
 @torch.no_grad()
 def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg: SamplerConfig,
-             generators: list[torch.Generator] | None = None) -> SampleOutput:
+             generators: list[torch.Generator] | None = None, prompt_cache_fns=None) -> SampleOutput:
     """Sample completions of ``cfg.gen_length`` tokens for token-id ``prompts``.
 
     ``logits_fn(input_ids, attention_mask)`` returns position-aligned logits. ``generators`` (one per
     row) are required when temperature > 0 or remasking is random. Each step runs one forward pass
-    over the rows still decoding; a row's commits and noise draws depend on its own state only."""
+    over the rows still decoding; a row's commits and noise draws depend on its own state only.
+    ``prompt_cache_fns`` = (prefill, after_prompt) for ``cfg.prompt_cache``:
+    ``prefill(ids, mask, prompt_len)`` -> (logits, cache of per-layer (keys, values) [B, H, P, D]) and
+    ``after_prompt(completion_ids, mask, cache)`` -> logits of the completion positions."""
     stochastic = cfg.temperature > 0 or cfg.remasking == "random"
     if stochastic and (generators is None or len(generators) != len(prompts)):
         raise ValueError("sampling with temperature > 0 or random remasking needs one generator per row")
+    if cfg.prompt_cache and prompt_cache_fns is None:
+        raise ValueError("prompt_cache needs a model that can reuse a prompt's keys and values (the built-in tiny model)")
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     b, tp, length = len(prompts), prompt_ids.shape[1], cfg.gen_length
     x = torch.cat([prompt_ids, torch.full((b, length), mask_id, dtype=torch.long)], dim=1)
@@ -170,12 +185,26 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
         budget = torch.tensor([n for _, _, n in _block_steps(length, cfg.block_length, cfg.steps)])
         used = torch.zeros(b, dtype=torch.long)  # steps each row has spent in its current block
         row_block = torch.zeros(b, dtype=torch.long)
+    cache = None
     t = 0
     while bool(active.any()) and (plan is None or t < len(plan)):
         idx = active.nonzero().squeeze(1)
         n = len(idx)
         gens = None if generators is None else [generators[i] for i in idx.tolist()]
-        raw = logits_fn(x[idx], attn[idx])[:, tp:].double().cpu()  # fp64: low-precision Gumbel noise biases sampling
+        if not cfg.prompt_cache:
+            raw = logits_fn(x[idx], attn[idx])[:, tp:]
+        elif cache is None or (cfg.prompt_cache_refresh and t % cfg.prompt_cache_refresh == 0):
+            # a full pass (every row is active in the first), writing the rows' prompt keys/values
+            raw, fresh = prompt_cache_fns[0](x[idx], attn[idx], tp)
+            raw = raw[:, tp:]
+            if cache is None:
+                cache = fresh
+            else:
+                for (k, v), (fk, fv) in zip(cache, fresh):
+                    k[idx], v[idx] = fk, fv
+        else:
+            raw = prompt_cache_fns[1](x[idx, tp:], attn[idx], [(k[idx], v[idx]) for k, v in cache])
+        raw = raw.double().cpu()  # fp64: low-precision Gumbel noise biases sampling
         chosen, logp, conf = _propose(raw, cfg, mask_id, gens)
         y = x[idx, tp:]
         masked = y == mask_id

@@ -44,6 +44,30 @@ class ModelAdapter:
             out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
         return out
 
+    def prompt_cache_fns(self):
+        """(prefill, after_prompt) for the sampler's prompt caching, or a ValueError naming the model
+        when its family cannot reuse a prompt's keys and values (only the built-in tiny model can)."""
+        model = self.model
+        while not hasattr(model, "prefill_prompt"):  # through DDP (.module) and peft (.get_base_model())
+            if "FullyShardedDataParallel" in type(model).__name__:
+                raise ValueError("rollout.prompt_cache does not work with FSDP-sharded models")
+            if hasattr(model, "module"):
+                model = model.module
+            elif hasattr(model, "get_base_model"):
+                model = model.get_base_model()
+            else:
+                raise ValueError(f"rollout.prompt_cache is supported by the built-in tiny model only, not {self.name}")
+        if self.shift_logits:
+            raise ValueError(f"rollout.prompt_cache does not support shifted-logit models ({self.name})")
+        device = next(model.parameters()).device
+
+        def prefill(ids, mask, prompt_len):
+            return model.prefill_prompt(ids.to(device), mask.to(device), prompt_len)
+
+        def after_prompt(ids, mask, cache):
+            return model.forward_after_prompt(ids.to(device), mask.to(device), cache)
+        return prefill, after_prompt
+
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the frozen reference policy: the LoRA base with adapters off, or a frozen copy."""
         with self.reference():

@@ -68,16 +68,21 @@ class _Block(nn.Module):
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
-    def forward(self, h, cos, sin, attn_mask):
+    def forward(self, h, cos, sin, attn_mask, prefix_kv=None, keep=0):
+        """``prefix_kv``: cached (keys, values) of earlier positions that ``h``'s queries also attend
+        to; ``keep`` > 0: also return this layer's (keys, values) of the first ``keep`` positions."""
         b, t, d = h.shape
         x = self.attn_norm(h)
         q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if prefix_kv is not None:
+            k, v = torch.cat((prefix_kv[0], k), dim=2), torch.cat((prefix_kv[1], v), dim=2)
+        kept = (k[:, :, :keep], v[:, :, :keep]) if keep else None
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h + self.o_proj(a.transpose(1, 2).reshape(b, t, d))
         x = self.mlp_norm(h)
-        return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), kept
 
 
 class TinyDLM(PreTrainedModel):
@@ -123,14 +128,33 @@ class TinyDLM(PreTrainedModel):
         positions count from the first real token, so a left-padded row equals the row alone."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        logits, _ = self._run(input_ids, attention_mask, position_ids)
+        return MaskedLMOutput(logits=logits)
+
+    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
+        """Logits of ``input_ids``; ``attention_mask`` covers the cached ``prefix`` positions and these."""
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, attention_mask.shape[1] - input_ids.shape[1]:]
         freqs = position_ids[:, None, :, None].float() * self._inv_freq(input_ids.device)  # [B,1,T,hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()
-        keep = attention_mask.bool()
-        attn_mask = keep[:, None, None, :]  # keys; padded queries are ignored downstream
+        attn_mask = attention_mask.bool()[:, None, None, :]  # keys; padded queries are ignored downstream
         h = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            h = layer(h, cos, sin, attn_mask)
-        return MaskedLMOutput(logits=self.lm_head(self.norm(h)))
+        kept = []
+        for i, layer in enumerate(self.layers):
+            h, kv = layer(h, cos, sin, attn_mask, None if prefix is None else prefix[i], keep)
+            kept.append(kv)
+        return self.lm_head(self.norm(h)), (kept if keep else None)
+
+    @torch.no_grad()
+    def prefill_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, prompt_len: int):
+        """Full forward pass: logits [B, T, V] and every layer's (keys, values) of the first
+        ``prompt_len`` positions, for :meth:`forward_after_prompt`."""
+        return self._run(input_ids, attention_mask, keep=prompt_len)
+
+    @torch.no_grad()
+    def forward_after_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, prompt_kv) -> torch.Tensor:
+        """Logits of the positions after a cached prompt: ``input_ids`` [B, T - P] are those positions,
+        ``attention_mask`` [B, T] covers prompt and them. The prompt's keys and values are reused as
+        cached, so this equals a full pass only where they would not change (approximate prompt caching)."""
+        return self._run(input_ids, attention_mask, prefix=prompt_kv)[0]

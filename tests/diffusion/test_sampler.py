@@ -438,6 +438,88 @@ def test_threshold_step_budget_floor_by_hand():
     assert out.commit_step.tolist() == [[0, 1, 0, 1, 2]] and out.nfe == 3
 
 
+def _tiny(num_layers, seed=0):
+    m = TinyDLM(TinyDLMConfig(hidden_size=32, num_layers=num_layers, num_heads=2, intermediate_size=64)).eval()
+    m.reset_parameters(torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        m.lm_head.weight.mul_(30)
+    fn = lambda ids, attn: m(input_ids=ids, attention_mask=attn).logits  # noqa: E731
+    return m, fn, (m.prefill_prompt, m.forward_after_prompt)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prompt_cache_is_exact_for_a_one_layer_model(temperature, threshold):
+    """With one layer the prompt's keys and values depend on the prompt tokens only, so caching them
+    changes nothing: same tokens, steps and log-probs as full passes (padded batch, blocks)."""
+    _, fn, fns = _tiny(1)
+    base = dict(gen_length=12, block_length=4, temperature=temperature, threshold=threshold)
+    full = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**base), gens([1, 2, 3, 4]))
+    cached = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**base, prompt_cache=True), gens([1, 2, 3, 4]), fns)
+    assert_same_output(cached, full)
+
+
+def test_prompt_cache_passes_cover_the_completion_only_and_keep_rows_independent():
+    """Deeper models: later passes see only the completion positions (the prompt comes from the cache),
+    the result is a real approximation (differs from full passes somewhere), and a padded batch still
+    equals each row alone."""
+    m, fn, (prefill, after) = _tiny(2)
+    widths = []
+
+    def counted_after(ids, attn, cache):
+        widths.append((ids.shape[1], attn.shape[1], cache[0][0].shape[2]))
+        return after(ids, attn, cache)
+
+    cfg = SamplerConfig(gen_length=12, block_length=4, temperature=1.0, threshold=0.5, prompt_cache=True)
+    seeds = [11, 12, 13, 14]
+    batch = generate(fn, PROMPTS, MASK, PAD, cfg, gens(seeds), (prefill, counted_after))
+    width = max(map(len, PROMPTS))
+    assert widths and all(w == (12, width + 12, width) for w in widths)
+    for i, p in enumerate(PROMPTS):
+        alone = generate(fn, [p], MASK, PAD, cfg, gens([seeds[i]]), (prefill, after))
+        assert torch.equal(batch.completions[i], alone.completions[0]) and torch.equal(batch.commit_step[i], alone.commit_step[0])
+    differs = False
+    for seed in range(6):  # greedy, full passes vs cached: some prompt must decode differently
+        _, fn_s, fns_s = _tiny(2, seed)
+        plain = SamplerConfig(gen_length=12, block_length=12, steps=12)
+        a = generate(fn_s, PROMPTS, MASK, PAD, plain)
+        b = generate(fn_s, PROMPTS, MASK, PAD, SamplerConfig(gen_length=12, block_length=12, steps=12, prompt_cache=True), None, fns_s)
+        differs |= not torch.equal(a.completions, b.completions)
+    assert differs
+
+
+@pytest.mark.parametrize("threshold", [None, 0.5])
+def test_prompt_cache_refreshed_every_pass_equals_full_passes_and_every_k_passes_runs_k_full_ones(threshold):
+    """Refresh 1 = a full pass every time: identical to no cache on a deep model. Refresh 3: passes 0, 3,
+    6, ... are full (prefill) passes and the rest run over the completion only."""
+    _, fn, (prefill, after) = _tiny(3)
+    kinds = []
+
+    def p(ids, attn, n):
+        kinds.append("full")
+        return prefill(ids, attn, n)
+
+    def a(ids, attn, cache):
+        kinds.append("tail")
+        return after(ids, attn, cache)
+
+    base = dict(gen_length=12, block_length=4, temperature=1.0, threshold=threshold)
+    full = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**base), gens([1, 2, 3, 4]))
+    every = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**base, prompt_cache=True, prompt_cache_refresh=1),
+                     gens([1, 2, 3, 4]), (p, a))
+    assert_same_output(every, full)
+    assert set(kinds) == {"full"}
+    kinds.clear()
+    out = generate(fn, PROMPTS, MASK, PAD, SamplerConfig(**base, prompt_cache=True, prompt_cache_refresh=3),
+                   gens([1, 2, 3, 4]), (p, a))
+    assert kinds == ["full" if t % 3 == 0 else "tail" for t in range(out.nfe)]
+
+
+def test_prompt_cache_needs_cache_functions(logits_fn):
+    with pytest.raises(ValueError, match="prompt_cache"):
+        generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(gen_length=8, prompt_cache=True))
+
+
 def test_threshold_validation():
     with pytest.raises(ValueError, match="threshold"):
         SamplerConfig(threshold=0.9, remasking="entropy")

@@ -176,3 +176,10 @@ def test_config_changes_ignore_only_settings_that_do_not_change_the_trajectory()
     now = {"seed": 0, "optim": {"lr": 1e-4, "max_steps": 20}, "eval": {"every": 5}, "output": {"run_dir": "b"},
            "algorithm": {"name": "espo", "params": {"beta": 0.1}}}
     assert ckpt.config_changes(saved, now) == ["algorithm.params.beta: None in the checkpoint, 0.1 now"]
+
+
+def test_config_changes_take_a_setting_the_checkpoint_predates_as_its_default():
+    saved = {"seed": 0, "rollout": {"threshold": None}}
+    assert ckpt.config_changes(saved, {"seed": 0, "rollout": {"threshold": None, "prompt_cache": False}}) == []
+    assert ckpt.config_changes(saved, {"seed": 0, "rollout": {"threshold": None, "prompt_cache": True}}) == [
+        "rollout.prompt_cache: None in the checkpoint, True now"]

@@ -167,3 +167,26 @@ def test_threshold_rollouts_record_their_nfe_per_step(tmp_path, tiny, h):
     per_step = [c["rollout_nfe"] for c in training["curve"]]
     assert len(per_step) == 2 and all(1 <= n <= training["gen_length"] for n in per_step)
     assert training["rollout_nfe_per_sample"] == pytest.approx(sum(per_step) / 2, abs=1e-3)
+
+
+def test_prompt_cache_rollouts_refreshed_every_pass_equal_plain_rollouts(tmp_path, tiny, h):
+    """rollout.prompt_cache reaches the sampler: refreshed at every pass it is a full pass each time,
+    so the run equals the uncached one; never refreshed it runs and changes the rollouts."""
+    runs = {"plain": [], "every": ["--set", "rollout.prompt_cache=true", "--set", "rollout.prompt_cache_refresh=1"],
+            "never": ["--set", "rollout.prompt_cache=true"]}
+    curves = {}
+    for name, extra in runs.items():
+        code, err = h.cli(["run", *tiny, "--set", "eval.base=false", *extra, *h.dirs(tmp_path, name)])
+        assert code == 0, err
+        curves[name] = h.result_of(tmp_path, name)["training"]["curve"]
+    h.close(curves["plain"], curves["every"])
+    assert [c["reward"] for c in curves["never"]] != [c["reward"] for c in curves["plain"]]
+
+
+def test_prompt_cache_is_refused_for_models_that_cannot_reuse_a_prompt():
+    import torch.nn as nn
+
+    from dllm_rl.models.adapter import ModelAdapter
+    adapter = ModelAdapter(model=nn.Linear(2, 2), tokenizer=None, mask_id=1, eos_id=2, pad_id=0, name="other")
+    with pytest.raises(ValueError, match="tiny model only, not other"):
+        adapter.prompt_cache_fns()

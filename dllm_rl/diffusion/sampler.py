@@ -3,11 +3,12 @@ semi-autoregressive blocks, temperature sampling with fp64 Gumbel noise (greedy 
 and correct handling of left-padded batches: every row draws its noise from its own generator, so
 a padded batch gives the same output as each row sampled alone.
 
-Two cheaper-rollout options: confidence-threshold parallel decoding (Fast-dLLM: commit every
-position of the current block whose confidence clears a threshold, at least one per step, so the
-step count adapts per row) and early stop (a row whose remaining masked positions all lie in blocks
-after a finished block containing EOS is filled with EOS and leaves the batch). Finished rows drop
-out of the forward passes; ``row_nfe`` counts each row's own forward passes."""
+Cheaper-rollout options: confidence-threshold parallel decoding (Fast-dLLM: commit every position
+of the current block whose confidence clears a threshold, at least one per step, so the step count
+adapts per row; optionally capped by a step budget whose fixed schedule is the floor), early stop (a
+row whose remaining masked positions all lie in blocks after a finished block containing EOS is
+filled with EOS and leaves the batch) and approximate prompt caching. Finished rows drop out of the
+forward passes; ``row_nfe`` counts each row's own forward passes."""
 from __future__ import annotations
 
 from dataclasses import dataclass

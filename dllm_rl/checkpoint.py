@@ -112,19 +112,10 @@ def verify(folder: Path, checksums: bool = True) -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Settings that differ between a checkpoint's config and the current one, except RESUME_FREE.
     A setting the checkpoint lacks (it predates the option) counts as the option's default."""
-    from .config import RunConfig, to_dict
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            key = f"{prefix}{k}"
-            out.update(flat(v, key + ".") if isinstance(v, dict) else {key: v})
-        return out
-
-    a, b, defaults = flat(saved), flat(current), flat(to_dict(RunConfig()))
+    from .config import config_differences
     free = lambda k: any(k == f or (f.endswith(".") and k.startswith(f)) for f in RESUME_FREE)
-    added = lambda k: k not in a and k in defaults and b.get(k) == defaults[k]
-    return [f"{k}: {a.get(k)!r} in the checkpoint, {b.get(k)!r} now" for k in sorted(set(a) | set(b))
-            if not free(k) and not added(k) and a.get(k) != b.get(k)]
+    return [f"{k}: {a!r} in the checkpoint, {b!r} now" for k, a, b in config_differences(saved, current)
+            if not free(k)]
 
 
 def prune(run_dir: Path, keep: int) -> None:

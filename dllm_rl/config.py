@@ -246,6 +246,25 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a nested configuration as dotted keys."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any],
+                       defaults: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every setting where a saved configuration and a new one
+    differ, sorted by key. A setting ``old`` lacks (it predates the option) counts as its value in
+    ``defaults`` (default: ``RunConfig()``'s), so adding an option does not invalidate saved runs."""
+    a, b = flatten(old), flatten(new)
+    d = flatten(to_dict(RunConfig()) if defaults is None else defaults)
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not (k not in a and k in d and b.get(k) == d[k])]
+
+
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set ``a.b.c`` in a nested dict; ``algorithm.x`` and ``task.x`` go to the plugin's params."""
     parts = dotted.split(".")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, load_yaml, to_dict
+from .config import RunConfig, config_differences, load_yaml, to_dict
 from .errors import UsageError
 from .results import SCHEMA, atomic_write_text, result_filename
 
@@ -100,20 +100,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k != "output"} | {"label": (config.get("output") or {}).get("label", "")}
 
 
-def _differences(a: Any, b: Any, prefix: str = "", defaults: Any = None) -> list[str]:
-    """Settings where ``a`` (an existing run's configuration) and ``b`` differ. A setting that ``a``
-    lacks (the file predates it) counts as its default: adding an option does not invalidate results."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        d = defaults if isinstance(defaults, dict) else {}
-        for k in sorted(set(a) | set(b)):
-            if k not in a and k in d and b.get(k) == d[k]:
-                continue
-            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.", d.get(k))
-        return out
-    return [] if a == b else [f"{prefix[:-1]}: {a!r} -> {b!r}"]
-
-
 def _own_label(algo: str, sets: list[str]) -> tuple[str, list[str]]:
     """An algorithm's own label from its grid settings (``output.label``, e.g. the tuned rate ``lr3e-5``),
     put before the variant's; returned with the remaining settings."""
@@ -174,8 +160,8 @@ def _diff_with_existing(job: Job) -> list[str] | None:
         return None  # missing or unreadable: run (again)
     if old.get("schema") != SCHEMA:
         return None
-    return _differences(_comparable(old.get("config") or {}), _comparable(to_dict(job.run)), "",
-                        _comparable(to_dict(RunConfig())))
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in config_differences(
+        _comparable(old.get("config") or {}), _comparable(to_dict(job.run)), _comparable(to_dict(RunConfig())))]
 
 
 def _finished_meanwhile(job: Job) -> bool:

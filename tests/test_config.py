@@ -166,3 +166,21 @@ def test_rollout_threshold_and_early_stop_are_checked():
         from_dict(RunConfig, {"rollout": {"threshold": 1.5}})
     with pytest.raises(UsageError, match="remasking"):
         from_dict(RunConfig, {"rollout": {"threshold": 0.9, "remasking": "random"}})
+
+
+def test_config_differences_counts_a_missing_setting_as_its_default():
+    from dllm_rl.config import config_differences
+
+    defaults = {"rollout": {"steps": 0, "prompt_cache": False}, "optim": {"lr": 1e-4}}
+    old = {"rollout": {"steps": 0}, "optim": {"lr": 1e-4}}  # predates rollout.prompt_cache
+    assert config_differences(old, {"rollout": {"steps": 0, "prompt_cache": False}, "optim": {"lr": 1e-4}}, defaults) == []
+    # turning the new option on, or changing an old one, is a difference (sorted by key)
+    new = {"rollout": {"steps": 4, "prompt_cache": True}, "optim": {"lr": 1e-4}}
+    assert config_differences(old, new, defaults) == [("rollout.prompt_cache", None, True), ("rollout.steps", 0, 4)]
+    # a setting unknown to the defaults is never excused
+    assert config_differences({}, {"extra": {"x": 1}}, defaults) == [("extra.x", None, 1)]
+    # the real RunConfig defaults are used when none are given
+    from dllm_rl.config import RunConfig, to_dict
+    full = to_dict(RunConfig())
+    trimmed = {k: v for k, v in full.items() if k != "rollout"}
+    assert config_differences(trimmed, full) == []

@@ -85,7 +85,7 @@ class RolloutConfig:
     """Confidence-threshold parallel decoding (Fast-dLLM): commit every token of the current block above
     this confidence, at least one per step (steps then adapt per row); None = the fixed schedule."""
     prompt_cache: bool = False
-    """Approximate prompt caching (built-in tiny model): the prompt's keys and values from the first
+    """Approximate prompt caching (native tiny, LLaDA and Dream models): the prompt's keys and values from the first
     denoising pass are reused by the later passes, which run over the completion only."""
     prompt_cache_refresh: int = 0
     """With ``prompt_cache``: a full pass refreshes the cache every this many passes (0 = never)."""

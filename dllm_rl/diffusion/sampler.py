@@ -164,13 +164,14 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
     row) are required when temperature > 0 or remasking is random. Each step runs one forward pass
     over the rows still decoding; a row's commits and noise draws depend on its own state only.
     ``prompt_cache_fns`` = (prefill, after_prompt) for ``cfg.prompt_cache``:
-    ``prefill(ids, mask, prompt_len)`` -> (logits, cache of per-layer (keys, values) [B, H, P, D]) and
-    ``after_prompt(completion_ids, mask, cache)`` -> logits of the completion positions."""
+    ``prefill(ids, mask, prompt_len)`` -> (logits, cache of per-layer (keys, values) [B, H, P', D]) and
+    ``after_prompt(ids, mask, cache)`` -> logits of the completion positions, computed over the
+    positions after the cache only (``models.adapter.prompt_cache_fns`` builds them for a model)."""
     stochastic = cfg.temperature > 0 or cfg.remasking == "random"
     if stochastic and (generators is None or len(generators) != len(prompts)):
         raise ValueError("sampling with temperature > 0 or random remasking needs one generator per row")
     if cfg.prompt_cache and prompt_cache_fns is None:
-        raise ValueError("prompt_cache needs a model that can reuse a prompt's keys and values (the built-in tiny model)")
+        raise ValueError("prompt_cache needs a model that can reuse a prompt's keys and values (tiny, llada, dream)")
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
     b, tp, length = len(prompts), prompt_ids.shape[1], cfg.gen_length
     x = torch.cat([prompt_ids, torch.full((b, length), mask_id, dtype=torch.long)], dim=1)
@@ -204,7 +205,7 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
                 for (k, v), (fk, fv) in zip(cache, fresh):
                     k[idx], v[idx] = fk, fv
         else:
-            raw = prompt_cache_fns[1](x[idx, tp:], attn[idx], [(k[idx], v[idx]) for k, v in cache])
+            raw = prompt_cache_fns[1](x[idx], attn[idx], [(k[idx], v[idx]) for k, v in cache])
         raw = raw.double().cpu()  # fp64: low-precision Gumbel noise biases sampling
         chosen, logp, conf = _propose(raw, cfg, mask_id, gens)
         y = x[idx, tp:]

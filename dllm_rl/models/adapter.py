@@ -45,8 +45,8 @@ class ModelAdapter:
         return out
 
     def prompt_cache_fns(self):
-        """(prefill, after_prompt) for the sampler's prompt caching, or a ValueError naming the model
-        when its family cannot reuse a prompt's keys and values (only the built-in tiny model can)."""
+        """(prefill, after_prompt) for the sampler's prompt caching (:func:`prompt_cache_fns`), or a
+        ValueError naming the model when it cannot reuse a prompt's keys and values."""
         model = self.model
         while not hasattr(model, "prefill_prompt"):  # through DDP (.module) and peft (.get_base_model())
             if "FullyShardedDataParallel" in type(model).__name__:
@@ -56,17 +56,8 @@ class ModelAdapter:
             elif hasattr(model, "get_base_model"):
                 model = model.get_base_model()
             else:
-                raise ValueError(f"rollout.prompt_cache is supported by the built-in tiny model only, not {self.name}")
-        if self.shift_logits:
-            raise ValueError(f"rollout.prompt_cache does not support shifted-logit models ({self.name})")
-        device = next(model.parameters()).device
-
-        def prefill(ids, mask, prompt_len):
-            return model.prefill_prompt(ids.to(device), mask.to(device), prompt_len)
-
-        def after_prompt(ids, mask, cache):
-            return model.forward_after_prompt(ids.to(device), mask.to(device), cache)
-        return prefill, after_prompt
+                raise ValueError(f"rollout.prompt_cache needs a native model (tiny, llada, dream), not {self.name}")
+        return prompt_cache_fns(model, self.shift_logits)
 
     def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the frozen reference policy: the LoRA base with adapters off, or a frozen copy."""
@@ -114,3 +105,28 @@ class ModelAdapter:
                 ids = ids[:i]
                 break
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def prompt_cache_fns(model: torch.nn.Module, shift_logits: bool = False):
+    """The sampler's (prefill, after_prompt) for a model with ``prefill_prompt`` / ``forward_after_prompt``
+    (:class:`~dllm_rl.models.layers.PromptCacheMixin`), both returning position-aligned logits.
+
+    ``prefill(ids, mask, prompt_len)`` -> (logits [B, T, V], cache); ``after_prompt(ids, mask, cache)``
+    -> logits [B, T - P, V] of the completion, computed over the positions after the cache only. A
+    shifted-logit model (Dream: position k-1 predicts k) caches all but the last prompt position, whose
+    output predicts the first completion token and so must be recomputed with the completion."""
+    device = next(model.parameters()).device
+    back = 1 if shift_logits else 0
+
+    def prefill(ids, mask, prompt_len):
+        if prompt_len - back < 1:
+            raise ValueError("prompt caching a shifted-logit model needs prompts of at least 2 tokens")
+        out, cache = model.prefill_prompt(ids.to(device), mask.to(device), prompt_len - back)
+        if shift_logits:
+            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        return out, cache
+
+    def after_prompt(ids, mask, cache):
+        out = model.forward_after_prompt(ids[:, cache[0][0].shape[2]:].to(device), mask.to(device), cache)
+        return out[:, :-1] if shift_logits else out
+    return prefill, after_prompt

@@ -31,7 +31,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import RMSNorm, apply_rotary, attention, key_mask, positions, rotary
+from .layers import PromptCacheMixin, RMSNorm, apply_rotary, attention, extend_kv, key_mask, positions, rotary
 
 
 class DreamConfig(PretrainedConfig):
@@ -88,13 +88,14 @@ class DreamAttention(nn.Module):
         self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=True)
         self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, prefix_kv=None, keep=0):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin, False), apply_rotary(k, cos, sin, False)
-        return self.o_proj(attention(q, k, v, mask).transpose(1, 2).reshape(b, t, -1))
+        k, v, kept = extend_kv(k, v, prefix_kv, keep)
+        return self.o_proj(attention(q, k, v, mask).transpose(1, 2).reshape(b, t, -1)), kept
 
 
 class DreamMLP(nn.Module):
@@ -118,9 +119,12 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = DreamMLP(c)
 
-    def forward(self, h, cos, sin, mask):
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, mask)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h, cos, sin, mask, prefix_kv=None, keep=0):
+        """-> (h, kept (keys, values) of the first ``keep`` positions or None); ``prefix_kv``: cached
+        (keys, values) of earlier positions that these queries also attend to (prompt caching)."""
+        a, kept = self.self_attn(self.input_layernorm(h), cos, sin, mask, prefix_kv, keep)
+        h = h + a
+        return h + self.mlp(self.post_attention_layernorm(h)), kept
 
 
 class DreamBackbone(nn.Module):
@@ -131,7 +135,7 @@ class DreamBackbone(nn.Module):
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
-class DreamModel(PreTrainedModel):
+class DreamModel(PromptCacheMixin, PreTrainedModel):
     """Dream as a transformers model: ``forward(input_ids, attention_mask)`` -> raw logits, where
     position k-1 predicts token k (see the module docstring). Padding is hidden from every query and
     positions count from each row's first real token (as Dream's own sampler does)."""
@@ -165,16 +169,24 @@ class DreamModel(PreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, **_) -> MaskedLMOutput:
-        c, m = self.config, self.model
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        return MaskedLMOutput(logits=self._run(input_ids, attention_mask, position_ids)[0])
+
+    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
+        """Raw (unshifted) logits of ``input_ids`` (the last positions of ``attention_mask`` when a
+        cached ``prefix`` precedes them) and, with ``keep``, every layer's (keys, values) of the first
+        ``keep`` positions."""
+        c, m = self.config, self.model
         if position_ids is None:
-            position_ids = positions(attention_mask)
+            position_ids = positions(attention_mask)[:, attention_mask.shape[1] - input_ids.shape[1]:]
         cos, sin = rotary(position_ids, c.head_dim, c.rope_theta)
         mask = key_mask(attention_mask)
         h = m.embed_tokens(input_ids)
-        for layer in m.layers:
-            h = layer(h, cos, sin, mask)
+        kept = []
+        for i, layer in enumerate(m.layers):
+            h, kv = layer(h, cos, sin, mask, None if prefix is None else prefix[i], keep)
+            kept.append(kv)
         h = m.norm(h)
         logits = F.linear(h, m.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
-        return MaskedLMOutput(logits=logits)
+        return logits, (kept if keep else None)

@@ -68,3 +68,32 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     """Bidirectional (non-causal) scaled dot-product attention; k/v may have fewer heads (GQA)."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False,
                                           enable_gqa=k.shape[1] != q.shape[1])
+
+
+def extend_kv(k: torch.Tensor, v: torch.Tensor, prefix_kv: tuple[torch.Tensor, torch.Tensor] | None,
+              keep: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Prompt caching inside one attention layer: put cached (keys, values) [B, H, P, D] of earlier
+    positions before this pass's, and, when ``keep`` > 0, also hand back the first ``keep`` positions'
+    (keys, values) for a later pass to reuse."""
+    if prefix_kv is not None:
+        k, v = torch.cat((prefix_kv[0], k), dim=2), torch.cat((prefix_kv[1], v), dim=2)
+    return k, v, ((k[:, :, :keep], v[:, :, :keep]) if keep else None)
+
+
+class PromptCacheMixin:
+    """Approximate prompt caching for a bidirectional model whose ``_run(input_ids, attention_mask,
+    prefix=None, keep=0)`` returns (raw logits, kept per-layer (keys, values) or None). With full
+    attention a cached prompt is stale once the completion changes (exact only for one layer), so the
+    sampler refreshes it every ``rollout.prompt_cache_refresh`` passes; docs/speed.md measures it."""
+
+    @torch.no_grad()
+    def prefill_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, prompt_len: int):
+        """Full forward pass: raw logits [B, T, V] and every layer's (keys, values) of the first
+        ``prompt_len`` positions, for :meth:`forward_after_prompt`."""
+        return self._run(input_ids, attention_mask, keep=prompt_len)
+
+    @torch.no_grad()
+    def forward_after_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, prompt_kv) -> torch.Tensor:
+        """Raw logits of the positions after a cached prefix: ``input_ids`` [B, T - P] are those
+        positions, ``attention_mask`` [B, T] covers prefix and them; positions count as in a full pass."""
+        return self._run(input_ids, attention_mask, prefix=prompt_kv)[0]

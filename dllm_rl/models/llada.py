@@ -31,7 +31,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import RMSNorm, apply_rotary, attention, key_mask, positions, rotary
+from .layers import PromptCacheMixin, RMSNorm, apply_rotary, attention, extend_kv, key_mask, positions, rotary
 
 
 class LLaDAConfig(PretrainedConfig):
@@ -128,7 +128,10 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.up_proj = nn.Linear(c.d_model, c.ffn_size, bias=c.include_bias)
         self.ff_out = nn.Linear(c.ffn_size, c.d_model, bias=c.include_bias)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                prefix_kv=None, keep: int = 0):
+        """-> (h, kept (keys, values) of the first ``keep`` positions or None); ``prefix_kv``: cached
+        (keys, values) of earlier positions that these queries also attend to (prompt caching)."""
         b, t, _ = h.shape
         x = self.attn_norm(h)
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -136,10 +139,11 @@ class LLaDABlock(GradientCheckpointingLayer):
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rotary(q, cos, sin, self.rope_full_precision)
         k = apply_rotary(k, cos, sin, self.rope_full_precision)
+        k, v, kept = extend_kv(k, v, prefix_kv, keep)
         a = attention(q, k, v, mask).transpose(1, 2).reshape(b, t, -1)
         h = h + self.attn_out(a)
         x = self.ff_norm(h)
-        return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x))
+        return h + self.ff_out(F.silu(self.ff_proj(x)) * self.up_proj(x)), kept
 
 
 class LLaDAModel(nn.Module):
@@ -155,7 +159,7 @@ class LLaDAModel(nn.Module):
         self.transformer = nn.ModuleDict(parts)
 
 
-class LLaDAModelLM(PreTrainedModel):
+class LLaDAModelLM(PromptCacheMixin, PreTrainedModel):
     """LLaDA as a transformers model: ``forward(input_ids, attention_mask)`` -> logits for every
     position (position k predicts token k). Padding (attention_mask == 0) is hidden from every query
     and positions count from each row's first real token: a left-padded row equals the row alone."""
@@ -191,16 +195,23 @@ class LLaDAModelLM(PreTrainedModel):
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, **_) -> MaskedLMOutput:
-        c, tr = self.config, self.model.transformer
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        return MaskedLMOutput(logits=self._run(input_ids, attention_mask, position_ids)[0])
+
+    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
+        """Logits of ``input_ids`` (the last positions of ``attention_mask`` when a cached ``prefix``
+        precedes them) and, with ``keep``, every block's (keys, values) of the first ``keep`` positions."""
+        c, tr = self.config, self.model.transformer
         if position_ids is None:
-            position_ids = positions(attention_mask)
+            position_ids = positions(attention_mask)[:, attention_mask.shape[1] - input_ids.shape[1]:]
         cos, sin = rotary(position_ids, c.head_dim, c.rope_theta)
         mask = key_mask(attention_mask)
         h = tr["wte"](input_ids)
-        for block in tr["blocks"]:
-            h = block(h, cos, sin, mask)
+        kept = []
+        for i, block in enumerate(tr["blocks"]):
+            h, kv = block(h, cos, sin, mask, None if prefix is None else prefix[i], keep)
+            kept.append(kv)
         h = tr["ln_f"](h)
         logits = F.linear(h, tr["wte"].weight) if c.weight_tying else tr["ff_out"](h)
-        return MaskedLMOutput(logits=logits)
+        return logits, (kept if keep else None)

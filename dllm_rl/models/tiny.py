@@ -11,6 +11,8 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import MaskedLMOutput
 
+from .layers import PromptCacheMixin, extend_kv
+
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<eos>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
 
@@ -76,16 +78,14 @@ class _Block(nn.Module):
         q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        if prefix_kv is not None:
-            k, v = torch.cat((prefix_kv[0], k), dim=2), torch.cat((prefix_kv[1], v), dim=2)
-        kept = (k[:, :, :keep], v[:, :, :keep]) if keep else None
+        k, v, kept = extend_kv(k, v, prefix_kv, keep)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h + self.o_proj(a.transpose(1, 2).reshape(b, t, d))
         x = self.mlp_norm(h)
         return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), kept
 
 
-class TinyDLM(PreTrainedModel):
+class TinyDLM(PromptCacheMixin, PreTrainedModel):
     """Bidirectional transformer that predicts the token at every position (no shift), like LLaDA."""
 
     config_class = TinyDLMConfig
@@ -145,16 +145,3 @@ class TinyDLM(PreTrainedModel):
             h, kv = layer(h, cos, sin, attn_mask, None if prefix is None else prefix[i], keep)
             kept.append(kv)
         return self.lm_head(self.norm(h)), (kept if keep else None)
-
-    @torch.no_grad()
-    def prefill_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, prompt_len: int):
-        """Full forward pass: logits [B, T, V] and every layer's (keys, values) of the first
-        ``prompt_len`` positions, for :meth:`forward_after_prompt`."""
-        return self._run(input_ids, attention_mask, keep=prompt_len)
-
-    @torch.no_grad()
-    def forward_after_prompt(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor, prompt_kv) -> torch.Tensor:
-        """Logits of the positions after a cached prompt: ``input_ids`` [B, T - P] are those positions,
-        ``attention_mask`` [B, T] covers prompt and them. The prompt's keys and values are reused as
-        cached, so this equals a full pass only where they would not change (approximate prompt caching)."""
-        return self._run(input_ids, attention_mask, prefix=prompt_kv)[0]

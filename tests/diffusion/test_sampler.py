@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from dllm_rl.diffusion.sampler import SamplerConfig, generate, left_pad
+from dllm_rl.models.adapter import prompt_cache_fns
 from dllm_rl.models.tiny import TinyDLM, TinyDLMConfig
 
 
@@ -444,7 +445,7 @@ def _tiny(num_layers, seed=0):
     with torch.no_grad():
         m.lm_head.weight.mul_(30)
     fn = lambda ids, attn: m(input_ids=ids, attention_mask=attn).logits  # noqa: E731
-    return m, fn, (m.prefill_prompt, m.forward_after_prompt)
+    return m, fn, prompt_cache_fns(m)
 
 
 @pytest.mark.parametrize("threshold", [None, 0.5])
@@ -465,14 +466,17 @@ def test_prompt_cache_passes_cover_the_completion_only_and_keep_rows_independent
     equals each row alone."""
     m, fn, (prefill, after) = _tiny(2)
     widths = []
+    model_after = m.forward_after_prompt
 
     def counted_after(ids, attn, cache):
         widths.append((ids.shape[1], attn.shape[1], cache[0][0].shape[2]))
-        return after(ids, attn, cache)
+        return model_after(ids, attn, cache)
 
     cfg = SamplerConfig(gen_length=12, block_length=4, temperature=1.0, threshold=0.5, prompt_cache=True)
     seeds = [11, 12, 13, 14]
-    batch = generate(fn, PROMPTS, MASK, PAD, cfg, gens(seeds), (prefill, counted_after))
+    m.forward_after_prompt = counted_after  # what the model itself runs over in a cached pass
+    batch = generate(fn, PROMPTS, MASK, PAD, cfg, gens(seeds), (prefill, after))
+    del m.forward_after_prompt
     width = max(map(len, PROMPTS))
     assert widths and all(w == (12, width + 12, width) for w in widths)
     for i, p in enumerate(PROMPTS):

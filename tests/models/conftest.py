@@ -42,13 +42,13 @@ def tiny_model(family: str, tokenizer=None, seed: int = 0, std: float = 0.2, **o
     tok = tokenizer or family_tokenizer(family)
     ids = dict(mask_token_id=tok.convert_tokens_to_ids(MASK[family]), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if family == "llada":
-        config = LLaDAConfig(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128, vocab_size=len(tok),
-                             embedding_size=128, max_sequence_length=1024, **{**ids, **overrides})
+        config = LLaDAConfig(**{**dict(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128, vocab_size=len(tok),
+                                       embedding_size=128, max_sequence_length=1024), **ids, **overrides})
         model = LLaDAModelLM(config)
     else:
-        config = DreamConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                             num_hidden_layers=2, vocab_size=128, max_position_embeddings=1024,
-                             bos_token_id=tok.bos_token_id, **{**ids, **overrides})
+        config = DreamConfig(**{**dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                       num_hidden_layers=2, vocab_size=128, max_position_embeddings=1024,
+                                       bos_token_id=tok.bos_token_id), **ids, **overrides})
         model = DreamModel(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

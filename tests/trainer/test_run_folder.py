@@ -188,5 +188,5 @@ def test_prompt_cache_is_refused_for_models_that_cannot_reuse_a_prompt():
 
     from dllm_rl.models.adapter import ModelAdapter
     adapter = ModelAdapter(model=nn.Linear(2, 2), tokenizer=None, mask_id=1, eos_id=2, pad_id=0, name="other")
-    with pytest.raises(ValueError, match="tiny model only, not other"):
+    with pytest.raises(ValueError, match="needs a native model .tiny, llada, dream., not other"):
         adapter.prompt_cache_fns()

@@ -5,7 +5,8 @@ and without EOS early stop, with a step budget (a fraction of L/2 steps, rounded
 schedule of that many steps is the floor), and with approximate prompt caching. Reports accuracy, NFE per sample (each row's own forward passes) and the
 NFE ratio to the L/2 baseline; writes results/benchmarks/threshold_accuracy.json.
 
-Set DLLM_RL_CACHE to reuse cached base models (pretraining them takes minutes)."""
+Set DLLM_RL_CACHE to reuse cached base models (pretraining them takes minutes). ``--model`` runs the
+same table for another model (e.g. ``--model llada --set model.path=...`` where weights exist)."""
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, write_json  # noqa: E402
 from dllm_rl.diffusion.sampler import SamplerConfig, generate  # noqa: E402
-from dllm_rl.models import tiny_family  # noqa: E402
-from dllm_rl.pipeline import build_task, gen_length_of, resolve_config  # noqa: E402
+from dllm_rl.pipeline import build_task, load_model, resolve_config  # noqa: E402
 
 # (label, threshold, early stop, step budget as a fraction of the L/2 baseline's steps,
 #  prompt cache: None = off, else refresh every N passes with 0 = never)
@@ -70,6 +70,8 @@ def main(argv=None):
                    help="with --thresholds: reuse the prompt's keys and values, refreshed every N passes (0 = never)")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "margin"])
     p.add_argument("--block-length", type=int, default=None, help="semi-autoregressive blocks (default: the run's)")
+    p.add_argument("--model", default="tiny", help="model family or alias (default: the built-in tiny model)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="run setting, repeatable")
     p.add_argument("--out", default="threshold_accuracy", help="name of the JSON file in results/benchmarks/")
     a = p.parse_args(argv)
     budget = a.budget
@@ -79,9 +81,9 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     results = {"machine": machine(), "split": a.split, "tasks": {}}
     for name in a.tasks:
-        run = resolve_config(algo="espo", task=name, model="tiny")
+        run = resolve_config(algo="espo", task=name, model=a.model, sets=tuple(a.sets))
         task = build_task(run)
-        adapter = tiny_family.load(run, task)
+        adapter = load_model(run, task)
         adapter.model.eval()
         length = task.protocol(adapter.prompt_style).lengths[0]
         rows, base = [], None

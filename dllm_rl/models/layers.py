@@ -1,7 +1,8 @@
 """Building blocks shared by the native LLaDA and Dream models: RMS norm computed in fp32, rotary
 position embeddings from padding-aware positions, and bidirectional SDPA attention that hides
-padded keys; and the prompt caching that the built-in tiny model shares with them. Module names live in each family's file (they must match the published checkpoints);
-only the arithmetic is shared here."""
+padded keys; and the prompt caching that the built-in tiny model shares with them. Module names
+live in each family's file (they must match the published checkpoints); only the arithmetic is
+shared here."""
 from __future__ import annotations
 
 import torch

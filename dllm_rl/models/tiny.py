@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import PromptCacheMixin, extend_kv
+from .layers import PromptCacheMixin, extend_kv, positions
 
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<eos>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
@@ -134,7 +134,7 @@ class TinyDLM(PromptCacheMixin, PreTrainedModel):
     def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
         """Logits of ``input_ids``; ``attention_mask`` covers the cached ``prefix`` positions and these."""
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, attention_mask.shape[1] - input_ids.shape[1]:]
+            position_ids = positions(attention_mask)[:, attention_mask.shape[1] - input_ids.shape[1]:]
         freqs = position_ids[:, None, :, None].float() * self._inv_freq(input_ids.device)  # [B,1,T,hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)
         cos, sin = emb.cos(), emb.sin()

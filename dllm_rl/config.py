@@ -111,6 +111,8 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 0.2
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over this many optimizer steps (rollout steps x mu), then constant."""
     micro_batch_size: int = 64
 
 

@@ -35,6 +35,12 @@ from .runlog import StepLog, check_trackers, scalars
 from .task import Task
 
 
+def warmup_factor(optimizer_step: int, warmup_steps: int) -> float:
+    """Linear learning-rate warm-up over the first ``warmup_steps`` optimizer steps, then constant:
+    a fresh Adam state makes its first updates about lr in size on every weight, whatever the gradient."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (optimizer_step + 1) / warmup_steps)
+
+
 @dataclass
 class TrainState:
     """Everything about training so far that is not a tensor; saved in every checkpoint."""
@@ -193,6 +199,8 @@ class Trainer:
         with self._grad_model():
             for it in range(mu):
                 self.optimizer.zero_grad(set_to_none=True)
+                for group in self.optimizer.param_groups:  # before backward: DeepSpeed steps inside it
+                    group["lr"] = o.lr * warmup_factor(self.state.step * mu + it, o.warmup_steps)
                 for i, idx in enumerate(micro):
                     with self._sync_context(last=i == len(micro) - 1):
                         mb = batch.select(idx)

@@ -7,11 +7,12 @@ BASELINES = ("group_mean", "leave_one_out")
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, baseline: str = "group_mean",
-                     scale_by_std: bool = False, eps: float = 1e-4) -> torch.Tensor:
+                     scale_by_std: bool = False, eps: float = 1e-4, negative_weight: float = 1.0) -> torch.Tensor:
     """Advantages for rewards [N] laid out as consecutive groups of ``group_size`` completions.
 
     group_mean: A_i = r_i - mean_j r_j (d1, SPG, AGRPO); leave_one_out: A_i = r_i - mean_{j!=i} r_j
-    (ESPO, unbiased baseline). Optional division by the group std (GRPO's original form)."""
+    (ESPO, unbiased baseline). Optional division by the group std (GRPO's original form), and a
+    weight on negative advantages (asymmetric REINFORCE; 1 = the usual symmetric form, 0 = positive only)."""
     if baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
     if group_size < 2:
@@ -24,6 +25,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, baseline: str = "gr
         adv = r - (total - r) / (group_size - 1)
     if scale_by_std:
         adv = adv / (r.std(1, keepdim=True) + eps)
+    if negative_weight != 1.0:
+        adv = torch.where(adv < 0, adv * negative_weight, adv)
     return adv.view(-1)
 
 

@@ -23,6 +23,8 @@ class AlgorithmConfig:
     """Advantage baseline: group_mean or leave_one_out."""
     scale_adv_by_std: bool = False
     """Divide advantages by the group's reward std (GRPO's original form)."""
+    negative_weight: float = 1.0
+    """Weight of negative advantages (1 = symmetric; below 1 pushes wrong completions' likelihood down less)."""
 
     def __post_init__(self):
         if self.baseline not in BASELINES:
@@ -46,7 +48,8 @@ class Algorithm(abc.ABC):
         re-evaluate the sampler's own distribution (AGRPO)."""
 
     def advantages(self, rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_advantages(rewards, group_size, self.config.baseline, self.config.scale_adv_by_std)
+        return group_advantages(rewards, group_size, self.config.baseline, self.config.scale_adv_by_std,
+                                negative_weight=self.config.negative_weight)
 
     def prepare(self, adapter: ModelAdapter, batch: RolloutBatch, micro_batch_size: int) -> dict[str, torch.Tensor]:
         """Cached tensors with N rows first (sliced per micro-batch by the trainer). Default: none."""

@@ -55,3 +55,11 @@ def test_zero_variance_fraction():
     assert zero_variance_fraction(REWARDS, 2) == pytest.approx(0.5)  # [1,0] [0,1] vary; [.5,.5] x2 don't
     assert zero_variance_fraction(torch.tensor([1.0, 1.0, 0.0, 0.0]), 2) == pytest.approx(1.0)
     assert zero_variance_fraction(torch.tensor([1.0, 0.9, 0.0, 0.1]), 2) == pytest.approx(0.0)
+
+
+def test_negative_weight_scales_only_negative_advantages():
+    adv = group_advantages(REWARDS, 4, "leave_one_out", negative_weight=0.25)
+    assert torch.allclose(adv, torch.tensor([2 / 3, -1 / 6, -1 / 6, 2 / 3, 0.0, 0.0, 0.0, 0.0]))
+    positive_only = group_advantages(torch.tensor([1.0, 0.5, 0.0, 0.5]), 4, "group_mean", negative_weight=0.0)
+    assert torch.allclose(positive_only, torch.tensor([0.5, 0.0, 0.0, 0.0]))
+    assert torch.equal(group_advantages(REWARDS, 4, negative_weight=1.0), group_advantages(REWARDS, 4))

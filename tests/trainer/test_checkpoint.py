@@ -13,7 +13,7 @@ import pytest
 from dllm_rl import checkpoint as ckpt
 from dllm_rl.results import TIMING_KEYS, atomic_write_text, write_result
 
-KILL = ["--set", "optim.max_steps=4", "--set", "output.checkpoint_every=1", "--set", "output.keep_checkpoints=2",
+KILL = ["--set", "optim.max_steps=4", "--set", "optim.warmup_steps=6", "--set", "output.checkpoint_every=1", "--set", "output.keep_checkpoints=2",
         "--set", "eval.every=2", "--set", "output.completions=jsonl.gz"]
 
 

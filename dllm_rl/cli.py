@@ -258,7 +258,9 @@ def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str,
 @click.option("--smooth", type=int, default=1, show_default=True, help="Moving-average window (steps) for the curves.")
 @click.option("--costs", "show_costs", is_flag=True,
               help="Also print what each run spent: steps, training minutes, s/step, rollout NFE, final reward.")
-def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth, show_costs):
+@click.option("--budget-seconds", type=float, default=None,
+              help="Also compare at equal wall-clock: each run's last validation score within this many seconds of training.")
+def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth, show_costs, budget_seconds):
     """Leaderboard of all results files in RESULTS_DIR (paper-style table with deltas vs base): seeds of
     the same model + algorithm (+ variant label) averaged, mean ± std (or sem) with n seeds."""
     from .results import leaderboard, load_results
@@ -273,6 +275,14 @@ def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth, show_costs
             click.echo("")
         _print_table(*costs(results, error=error), fmt, f"training cost ({results_dir}); mean ± {error} over n seeds",
                      f"Training cost, mean ± {error} over n seeds.")
+    if budget_seconds is not None:
+        from .results import at_budget
+
+        if fmt == "markdown":
+            click.echo("")
+        _print_table(*at_budget(results, budget_seconds, error=error), fmt,
+                     f"equal wall-clock ({results_dir}); validation in %, mean ± {error} over n seeds",
+                     f"Validation at equal wall-clock, in %, mean ± {error} over n seeds.")
     if plots_dir:
         from .plots import plot_curves
 

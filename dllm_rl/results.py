@@ -1,6 +1,7 @@
 """Results files (one JSON per model/algorithm/task/seed run), atomic writes, and the leaderboard."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -169,6 +170,35 @@ def costs(results: list[dict[str, Any]], error: str = "std", last: int = 10) -> 
         steps = sorted({t["steps"] for t in tr})
         rows.append([*key, "/".join(map(str, steps)), "/".join(map(str, sorted({t["rollouts_per_step"] for t in tr}))),
                      fmt(minutes, 1), fmt(per_step, 2), fmt(nfe, 1), fmt(ratio, 2), fmt(reward, 3) if reward else "-", str(len(runs))])
+    return header, rows
+
+
+def at_budget(results: list[dict[str, Any]], seconds: float, error: str = "std") -> tuple[list[str], list[list[str]]]:
+    """Held-out learning curves compared at equal wall-clock: per model + algorithm (+ label) and task,
+    each run's last periodic validation score reached within ``seconds`` of training (the recorded
+    per-step times summed), averaged over seeds, with the RL step it was taken at."""
+    if seconds <= 0:
+        raise UsageError(f"the wall-clock budget must be positive, got {seconds} s")
+    spread([], error)
+    header = ["model", "algorithm", "task", f"validation at {seconds:g} s", "step reached", "steps run", "n"]
+    rows = []
+    runs = [r for r in results if (r.get("training") or {}).get("validation") and (r.get("timing") or {}).get("step_s")]
+    if not runs:
+        raise UsageError("no results file has periodic validation scores and step times (runs with eval.every > 0 record them)")
+    for key in sorted({(r["model"], group_name(r), r["task"]) for r in runs}):
+        primary = _primary(results, key[2])
+        scores, steps, counts = [], [], []
+        for r in (r for r in runs if (r["model"], group_name(r), r["task"]) == key):
+            elapsed = list(itertools.accumulate(r["timing"]["step_s"]))
+            reached = [(step, value) for step, value in _points(r, f"val_{primary}")
+                       if 0 < step <= len(elapsed) and elapsed[step - 1] <= seconds]
+            counts.append(len(elapsed))
+            if reached:
+                steps.append(reached[-1][0])
+                scores.append(reached[-1][1])
+        value = _fmt(scores, error=error) if scores else "-"
+        rows.append([*key, value, "/".join(map(str, sorted(set(steps)))) or "-",
+                     "/".join(map(str, sorted(set(counts)))), str(len(scores))])
     return header, rows
 
 

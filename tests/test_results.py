@@ -8,7 +8,7 @@ import pytest
 
 from dllm_rl.errors import UsageError
 from dllm_rl.plots import plot_curves
-from dllm_rl.results import SCHEMA, costs, curves, leaderboard, load_results, result_filename
+from dllm_rl.results import SCHEMA, at_budget, costs, curves, leaderboard, load_results, result_filename
 
 
 def fake(algo, seed, acc, *, task="sudoku", label="", base=0.30, rewards=(0.1, 0.2, 0.3), model="tiny"):
@@ -117,6 +117,30 @@ def test_cost_table_reports_budget_nfe_and_final_reward():
     assert by["espo"]["steps"] == "7" and by["espo"]["n"] == "2"
     with pytest.raises(UsageError, match="records training"):
         costs([{**fake("espo", 0, 0.5), "training": None}])
+
+
+def test_equal_wall_clock_takes_each_runs_last_validation_within_the_budget():
+    def run(algo, seed, step_s, scores):
+        r = fake(algo, seed, 0.5)
+        r["timing"] = {"step_s": step_s}
+        r["training"]["validation"] = [{"step": step, "metrics": {"24": {"accuracy": v, "n": 96}}} for step, v in scores]
+        return r
+
+    fast = [run("espo", 0, [1.0] * 4, [(2, 0.4), (4, 0.6)]), run("espo", 1, [1.5] * 4, [(2, 0.2), (4, 0.9)])]
+    slow = run("token-elbo", 0, [3.0] * 4, [(2, 0.7), (4, 0.8)])
+    header, rows = at_budget([*fast, slow], 4.5)
+    by = {row[1]: dict(zip(header, row)) for row in rows}
+    # within 4.5 s: seed 0 reaches step 4 (4 s: 0.6), seed 1 only step 2 (3 s: 0.2; step 4 ends at 6 s)
+    assert by["espo"]["validation at 4.5 s"] == f"{40.0:.1f} ± {statistics.stdev([60.0, 20.0]):.1f}"
+    assert by["espo"]["step reached"] == "2/4" and by["espo"]["n"] == "2"
+    # token-elbo's first evaluation comes at 6 s: nothing within the budget
+    assert by["token-elbo"]["validation at 4.5 s"] == "-" and by["token-elbo"]["n"] == "0"
+    header, rows = at_budget([slow], 6.0)
+    assert dict(zip(header, rows[0]))["validation at 6 s"] == "70.0"
+    with pytest.raises(UsageError, match="positive"):
+        at_budget(fast, 0)
+    with pytest.raises(UsageError, match="eval.every"):
+        at_budget([fake("espo", 0, 0.5)], 10)
 
 
 def test_validation_metrics_are_curves_too():

@@ -1,0 +1,57 @@
+"""How much of a tiny model's greedy accuracy the evaluation protocol's parallel decoding costs: the
+same model decoded with L/2 steps (two tokens committed per step, the protocol) and with L steps
+(one token per step), under low-confidence and margin remasking. Scores the cached base checkpoint
+and any trained folders given with ``--checkpoint`` (e.g. runs/<run>/final); writes
+results/benchmarks/<out>.json. Set DLLM_RL_CACHE to reuse cached base models."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine, write_json  # noqa: E402
+from dllm_rl.diffusion.sampler import SamplerConfig  # noqa: E402
+from dllm_rl.evaluation import generate_texts  # noqa: E402
+from dllm_rl.models.tiny import TinyDLM  # noqa: E402
+from dllm_rl.pipeline import build_task, load_model, resolve_config  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="sudoku")
+    p.add_argument("--split", default="test")
+    p.add_argument("--checkpoint", action="append", default=[], help="trained tiny model folder (repeatable)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="run setting, repeatable")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", default="decoding_steps", help="name of the JSON file in results/benchmarks/")
+    a = p.parse_args(argv)
+    torch.set_grad_enabled(False)
+    run = resolve_config(algo="espo", task=a.task, model="tiny", sets=tuple(a.sets))
+    task = build_task(run)
+    adapter = load_model(run, task)
+    length = task.protocol(adapter.prompt_style).lengths[0]
+    examples = task.examples(a.split)
+    prompts = [adapter.encode_prompt(task.prompt(ex, adapter.prompt_style)) for ex in examples]
+    primary = task.protocol(adapter.prompt_style).primary_metric
+    rows = []
+    for name in ["base", *a.checkpoint]:
+        if name != "base":
+            adapter.model.load_state_dict(TinyDLM.from_pretrained(name).state_dict())
+        adapter.model.eval()
+        for steps in (length // 2, length):
+            for remasking in ("low_confidence", "margin"):
+                cfg = SamplerConfig(gen_length=length, steps=steps, block_length=run.rollout.block_length,
+                                    temperature=0.0, remasking=remasking)
+                texts, _, _ = generate_texts(adapter, prompts, cfg, a.batch_size)
+                scores = [s[primary] for s in task.scores(examples, texts, adapter.prompt_style)]
+                acc = sum(scores) / len(scores)
+                rows.append({"model": name, "steps": steps, "gen_length": length, "remasking": remasking, primary: acc})
+                print(f"{name[-48:]:48s} steps {steps:3d} {remasking:15s} {primary} {100 * acc:5.1f}", flush=True)
+    write_json(a.out, {"machine": machine(), "task": a.task, "split": a.split, "n": len(examples), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -115,6 +115,10 @@ class OptimConfig:
     """Linear learning-rate warm-up over this many optimizer steps (rollout steps x mu), then constant."""
     micro_batch_size: int = 64
 
+    def __post_init__(self):
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0 (0 = no warm-up), got {self.warmup_steps}")
+
 
 @dataclass
 class EvalConfig:

@@ -31,6 +31,8 @@ class AlgorithmConfig:
             raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
         if self.mu < 1:
             raise ValueError("mu must be at least 1")
+        if self.negative_weight < 0:
+            raise ValueError(f"negative_weight must be >= 0 (1 = symmetric, 0 = positive advantages only), got {self.negative_weight}")
 
 
 class Algorithm(abc.ABC):

@@ -13,8 +13,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, write_json  # noqa: E402
+from benchmarks.threshold_accuracy import evaluate  # noqa: E402
 from dllm_rl.diffusion.sampler import SamplerConfig  # noqa: E402
-from dllm_rl.evaluation import generate_texts  # noqa: E402
 from dllm_rl.models.tiny import TinyDLM  # noqa: E402
 from dllm_rl.pipeline import build_task, load_model, resolve_config  # noqa: E402
 
@@ -33,9 +33,6 @@ def main(argv=None):
     task = build_task(run)
     adapter = load_model(run, task)
     length = task.protocol(adapter.prompt_style).lengths[0]
-    examples = task.examples(a.split)
-    prompts = [adapter.encode_prompt(task.prompt(ex, adapter.prompt_style)) for ex in examples]
-    primary = task.protocol(adapter.prompt_style).primary_metric
     rows = []
     for name in ["base", *a.checkpoint]:
         if name != "base":
@@ -45,12 +42,11 @@ def main(argv=None):
             for remasking in ("low_confidence", "margin"):
                 cfg = SamplerConfig(gen_length=length, steps=steps, block_length=run.rollout.block_length,
                                     temperature=0.0, remasking=remasking)
-                texts, _, _ = generate_texts(adapter, prompts, cfg, a.batch_size)
-                scores = [s[primary] for s in task.scores(examples, texts, adapter.prompt_style)]
-                acc = sum(scores) / len(scores)
-                rows.append({"model": name, "steps": steps, "gen_length": length, "remasking": remasking, primary: acc})
-                print(f"{name[-48:]:48s} steps {steps:3d} {remasking:15s} {primary} {100 * acc:5.1f}", flush=True)
-    write_json(a.out, {"machine": machine(), "task": a.task, "split": a.split, "n": len(examples), "rows": rows})
+                r = evaluate(adapter, task, a.split, cfg, a.batch_size, None)
+                rows.append({"model": name, "steps": steps, "gen_length": length, "remasking": remasking,
+                             r["metric"]: r["accuracy"], "n": r["n"]})
+                print(f"{name[-48:]:48s} steps {steps:3d} {remasking:15s} {r['metric']} {100 * r['accuracy']:5.1f}", flush=True)
+    write_json(a.out, {"machine": machine(), "task": a.task, "split": a.split, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ class PretrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
+    min_lr_ratio: float = 0.1
+    """Cosine decay after the warm-up ends at this fraction of ``lr`` (1.0 = constant, an un-annealed base)."""
     weight_decay: float = 0.01
     num_examples: int | None = None
     """Train on only the first N train examples (a weaker base model leaves room for RL)."""
@@ -66,6 +68,10 @@ class PretrainConfig:
     num_heads: int = 4
     intermediate_size: int = 256
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1] (1 = constant after the warm-up), got {self.min_lr_ratio}")
 
 
 @dataclass

@@ -29,6 +29,14 @@ def sft_loss(adapter: ModelAdapter, prompt_ids, prompt_mask, completion_ids, gen
     return (ce * masked * weight).sum() / (b * length)
 
 
+def lr_factor(step: int, cfg: PretrainConfig) -> float:
+    """Learning-rate factor at ``step``: linear warm-up, then cosine decay to ``cfg.min_lr_ratio``."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def pretrain(adapter: ModelAdapter, task: Task, cfg: PretrainConfig, gen_length: int, on_step=None) -> list[float]:
     """Train ``adapter.model`` in place on ``task``'s train split; returns the loss of every step."""
     style = adapter.prompt_style
@@ -42,13 +50,7 @@ def pretrain(adapter: ModelAdapter, task: Task, cfg: PretrainConfig, gen_length:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
-    def schedule(step: int) -> float:  # linear warm-up, cosine decay to 10%
-        if step < cfg.warmup:
-            return (step + 1) / cfg.warmup
-        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, cfg))
     losses = []
     for step in range(cfg.steps):
         idx = torch.randint(len(examples), (cfg.batch_size,), generator=gen)

@@ -34,8 +34,11 @@ def make_adapter(model: TinyDLM, tokenizer) -> ModelAdapter:
 
 def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) -> Path:
     """Path of the cached base checkpoint for this task and pretraining config; trains it if missing."""
+    pretrain_key = dataclasses.asdict(run.pretrain)
+    if pretrain_key["min_lr_ratio"] == 0.1:  # the schedule before the option existed: keep those cache keys
+        del pretrain_key["min_lr_ratio"]
     key = json.dumps({"format": TINY_FORMAT, "task": run.task.name, "task_config": dataclasses.asdict(task.config),
-                      "pretrain": dataclasses.asdict(run.pretrain), "gen_length": gen_length}, sort_keys=True)
+                      "pretrain": pretrain_key, "gen_length": gen_length}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     path = cache_root() / "tiny" / f"{run.task.name}-{digest}"
     if (path / "config.json").is_file():

@@ -7,6 +7,7 @@ settings. Each invocation is appended to ``sweeps.jsonl`` in the output folder (
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import RunConfig, config_differences, load_yaml, to_dict
+from . import registry
 from .errors import UsageError
 from .results import SCHEMA, atomic_write_text, result_filename
 
@@ -161,7 +163,17 @@ def _diff_with_existing(job: Job) -> list[str] | None:
     if old.get("schema") != SCHEMA:
         return None
     return [f"{k}: {a!r} -> {b!r}" for k, a, b in config_differences(
-        _comparable(old.get("config") or {}), _comparable(to_dict(job.run)), _comparable(to_dict(RunConfig())))]
+        _comparable(old.get("config") or {}), _comparable(to_dict(job.run)), _comparable(_defaults(job.run)))]
+
+
+def _defaults(run: RunConfig) -> dict[str, Any]:
+    """``RunConfig()``'s settings plus the defaults of the run's algorithm and task options: a results
+    file made before an option existed was made with its default."""
+    defaults = to_dict(RunConfig())
+    for section in ("algorithm", "task"):
+        cls = registry.get(f"{section}s", getattr(run, section).name).load()
+        defaults[section] = {"name": getattr(run, section).name, "params": dataclasses.asdict(cls.Config())}
+    return defaults
 
 
 def _finished_meanwhile(job: Job) -> bool:

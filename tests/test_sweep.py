@@ -72,6 +72,20 @@ def test_a_setting_added_after_a_run_counts_as_its_default(tmp_path):
     assert "rollout.prompt_cache: None -> True" in changed[0].detail
 
 
+def test_a_plugin_option_pinned_to_its_default_matches_a_run_made_before_it(tmp_path):
+    """A results file whose algorithm/task params lack an option was made with the option's default:
+    a grid that pins the default finds it done, even where a preset now sets another value."""
+    jobs = sweep.plan(grid(tmp_path))
+    config = to_dict(jobs[0].run)
+    config["algorithm"]["params"].pop("negative_weight", None)
+    config["task"]["params"].pop("reward", None)
+    write_result(jobs[0].path, {"schema": SCHEMA, "config": config, "algorithm": "espo"})
+    pinned = ["optim.max_steps=3", "algorithm.negative_weight=1.0", "task.reward=cells"]
+    assert sweep.plan(grid(tmp_path, sets=pinned))[0].status == "done"
+    changed = sweep.plan(grid(tmp_path, sets=["optim.max_steps=3", "algorithm.negative_weight=0.5", "task.reward=cells"]))[0]
+    assert changed.status == "conflict" and "algorithm.params.negative_weight: None -> 0.5" in changed.detail
+
+
 def test_execute_runs_only_what_is_left_and_survives_a_failure(tmp_path, monkeypatch):
     jobs = sweep.plan(grid(tmp_path))
     finish(jobs[0])

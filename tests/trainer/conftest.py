@@ -9,10 +9,14 @@ from dllm_rl.cli import main
 TINY = ["--set", "pretrain.steps=120", "--set", "pretrain.hidden_size=64", "--set", "pretrain.num_layers=2",
         "--set", "pretrain.intermediate_size=128", "--set", "optim.max_steps=2", "--set", "rollout.num_prompts=4",
         "--set", "rollout.group_size=4", "--set", "algorithm.mu=2", "--set", "optim.micro_batch_size=4",
-        "--set", "eval.max_examples=11", "--set", "eval.batch_size=4"]
+        "--set", "eval.max_examples=11", "--set", "eval.batch_size=4",
+        "--set", "task.reward=cells", "--set", "algorithm.negative_weight=1", "--set", "optim.lr=5e-5",
+        "--set", "optim.warmup_steps=0"]
 """A small tiny model, pretrained just enough (120 steps) to solve some blanks: groups have reward
 variance, so the policy gradient is not only the KL term. Micro-batches of 4 rows: several per
-optimizer step. 11 evaluation examples in batches of 4: uneven shards over two processes."""
+optimizer step. 11 evaluation examples in batches of 4: uneven shards over two processes. The cell
+reward with negatives at 5e-5 without warm-up (not the main job's solved-grid, positives-only preset):
+with this weak model most groups would otherwise have no solved grid, hence no advantage and no gradient."""
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig, config_differences, load_yaml, to_dict
 from . import registry
+from .config import RunConfig, config_differences, load_yaml, to_dict
 from .errors import UsageError
 from .results import SCHEMA, atomic_write_text, result_filename
 

@@ -19,6 +19,7 @@ from .pretrain import pretrain
 from .tiny import TinyDLM, TinyDLMConfig, build_tokenizer
 
 TINY_FORMAT = 1  # bump when the model code or the pretraining recipe changes what a checkpoint holds
+LEGACY_MIN_LR_RATIO = 0.1  # the only schedule before pretrain.min_lr_ratio existed: its keys leave the option out
 
 
 def cache_root() -> Path:
@@ -35,7 +36,7 @@ def make_adapter(model: TinyDLM, tokenizer) -> ModelAdapter:
 def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) -> Path:
     """Path of the cached base checkpoint for this task and pretraining config; trains it if missing."""
     pretrain_key = dataclasses.asdict(run.pretrain)
-    if pretrain_key["min_lr_ratio"] == 0.1:  # the schedule before the option existed: keep those cache keys
+    if pretrain_key["min_lr_ratio"] == LEGACY_MIN_LR_RATIO:
         del pretrain_key["min_lr_ratio"]
     key = json.dumps({"format": TINY_FORMAT, "task": run.task.name, "task_config": dataclasses.asdict(task.config),
                       "pretrain": pretrain_key, "gen_length": gen_length}, sort_keys=True)

@@ -70,6 +70,10 @@ class SPG(Algorithm):
         logp = masked_logprobs(logits_fn, seqs, masked, mask_id, prompt_in=prompt)
         return masked_mean_logprob(logp, masked, valid), eubo_mean(logp, masked, valid, c.eubo_beta)
 
+    def rows_with_gradient(self, batch):
+        """Each row's term is its advantage times a bound: zero-advantage rows add nothing."""
+        return batch.advantages != 0
+
     def loss(self, adapter, batch, cache, iteration):
         c = self.config
         lower, upper = self.bounds(adapter.logits, adapter.mask_id, batch, iteration)

@@ -108,6 +108,9 @@ class RolloutConfig:
             raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
 @dataclass
 class OptimConfig:
     max_steps: int = 100
@@ -119,11 +122,18 @@ class OptimConfig:
     grad_clip: float = 0.2
     warmup_steps: int = 0
     """Linear learning-rate warm-up over this many optimizer steps (rollout steps x mu), then constant."""
+    lr_schedule: str = "constant"
+    """After the warm-up: constant, or a cosine / linear decay to 0 at ``max_steps``."""
     micro_batch_size: int = 64
+    skip_zero_rows: bool = True
+    """Skip the forward and backward passes of rows whose loss term is exactly zero (the algorithm says
+    which, e.g. zero advantage without a KL term). Same update up to float rounding; one process only."""
 
     def __post_init__(self):
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0 (0 = no warm-up), got {self.warmup_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
 
 @dataclass

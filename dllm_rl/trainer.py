@@ -41,6 +41,15 @@ def warmup_factor(optimizer_step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (optimizer_step + 1) / warmup_steps)
 
 
+def lr_factor(optimizer_step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The warm-up, then ``constant`` or a ``cosine``/``linear`` decay from 1 to 0 reached after the
+    last optimizer step (``total_steps``), as in transformers' schedules."""
+    if schedule == "constant" or optimizer_step < warmup_steps:
+        return warmup_factor(optimizer_step, warmup_steps)
+    progress = min(1.0, (optimizer_step - warmup_steps + 1) / max(1, total_steps - warmup_steps + 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
 @dataclass
 class TrainState:
     """Everything about training so far that is not a tensor; saved in every checkpoint."""
@@ -190,9 +199,11 @@ class Trainer:
         gradients, so each process scales its loss by the process count (and by the accumulation
         steps under DeepSpeed, which divides by them) to get the sum, i.e. the one-process gradient."""
         o, mu = self.run.optim, self.algorithm.config.mu
+        batch = self._rows_with_gradient(batch)
         cache = self.algorithm.prepare(self.adapter, batch, o.micro_batch_size)
         scale = self.accelerator.num_processes * (self.num_micro if self.deepspeed else 1)
         micro = list(batch.micro_batches(o.micro_batch_size))
+        rows = batch.completion_ids.shape[0]
         sums: dict[str, float] = {}
         maxes: dict[str, float] = {}
         norms = 0.0
@@ -200,13 +211,13 @@ class Trainer:
             for it in range(mu):
                 self.optimizer.zero_grad(set_to_none=True)
                 for group in self.optimizer.param_groups:  # before backward: DeepSpeed steps inside it
-                    group["lr"] = o.lr * warmup_factor(self.state.step * mu + it, o.warmup_steps)
+                    group["lr"] = o.lr * lr_factor(self.state.step * mu + it, o.max_steps * mu, o.warmup_steps, o.lr_schedule)
                 for i, idx in enumerate(micro):
                     with self._sync_context(last=i == len(micro) - 1):
                         mb = batch.select(idx)
                         loss, metrics = self.algorithm.loss(self.adapter, mb, {k: v[idx] for k, v in cache.items()}, it)
                         self.accelerator.backward(loss * scale if scale != 1 else loss)
-                    share = len(idx) / batch.num_rows / mu
+                    share = len(idx) / rows / mu
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / mu
                     for k, v in metrics.items():
                         if k.endswith("_max"):
@@ -218,6 +229,20 @@ class Trainer:
                 self.optimizer.step()
         sums, maxes = reduce_metrics(self.accelerator, sums, maxes)
         return {**sums, "grad_norm": norms, **maxes}
+
+    def _rows_with_gradient(self, batch: RolloutBatch) -> RolloutBatch:
+        """The rows whose loss term can be nonzero (``optim.skip_zero_rows``). Masks are keyed by each
+        row's index in the full batch and losses normalised by the full batch, so dropping rows with a
+        zero term leaves the update unchanged; step metrics are then means over the kept rows. Not
+        with several processes: DDP needs the same number of backward passes on every process."""
+        if not self.run.optim.skip_zero_rows or self.accelerator.num_processes > 1 or self.deepspeed:
+            return batch
+        keep = self.algorithm.rows_with_gradient(batch)
+        if keep is None or bool(keep.all()):
+            return batch
+        keep = keep.clone()
+        keep[0] |= not bool(keep.any())  # one zero-loss row keeps the step's metrics and a (zero) gradient
+        return batch.select(keep.nonzero().squeeze(1))
 
     # -- evaluation -------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -53,6 +53,11 @@ class Algorithm(abc.ABC):
         return group_advantages(rewards, group_size, self.config.baseline, self.config.scale_adv_by_std,
                                 negative_weight=self.config.negative_weight)
 
+    def rows_with_gradient(self, batch: RolloutBatch) -> torch.Tensor | None:
+        """Bool [N]: rows whose loss term can be nonzero; the trainer skips the others' forward passes
+        (with positive-only advantages or zero-variance groups, most of a batch). None = every row."""
+        return None
+
     def prepare(self, adapter: ModelAdapter, batch: RolloutBatch, micro_batch_size: int) -> dict[str, torch.Tensor]:
         """Cached tensors with N rows first (sliced per micro-batch by the trainer). Default: none."""
         return {}

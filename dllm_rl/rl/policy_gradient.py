@@ -89,6 +89,10 @@ class PolicyGradient(Algorithm):
         terms = self._terms(logits_fn, mask_id, batch, iteration)
         return terms.sum(-1) if self.config.action == "sequence" else terms
 
+    def rows_with_gradient(self, batch):
+        """Without a KL term a row with zero advantage adds exactly zero to the loss, whatever its ratio."""
+        return None if self.config.beta > 0 else batch.advantages != 0
+
     def prepare(self, adapter, batch, micro_batch_size):
         """Old-policy and reference proxies for every policy iteration, under no_grad."""
         c, n, mu = self.config, batch.completion_ids.shape[0], self.config.mu

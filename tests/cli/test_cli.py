@@ -25,6 +25,7 @@ TINY = ["--set", "pretrain.steps=30", "--set", "optim.max_steps=2", "--set", "ro
     (["run", "--set", "algorithm.kl=k9"], "kl must be one of k1, k2, k3"),
     (["run", "--set", "task.min_blanks=-3"], "task"),
     (["run", "--set", "optim.warmup_steps=-1"], "warmup_steps must be >= 0"),
+    (["run", "--set", "optim.lr_schedule=step"], "lr_schedule must be one of constant, cosine, linear"),
     (["run", "--set", "algorithm.negative_weight=-0.5"], "negative_weight must be >= 0"),
     (["run", "--set", "pretrain.min_lr_ratio=1.5"], "min_lr_ratio must be in [0, 1]"),
     (["compare", "results", "--budget-seconds", "0"], "budget must be positive"),

@@ -1,4 +1,6 @@
 """The RL learning-rate warm-up: linear over the first optimizer steps, then constant."""
+import math
+
 from dllm_rl.trainer import warmup_factor
 
 
@@ -22,3 +24,18 @@ def test_the_trainer_applies_the_warmed_up_rate(tmp_path, tiny, h):
         moved[name] = h.weights(h.run_dir_of(tmp_path, name) / "final")
     diff = h.max_weight_diff(moved["full"], moved["warm"])
     assert 5e-4 < diff < 1.1e-3  # the full-rate step moved some weight by about lr; the warm one barely
+
+
+def test_decay_schedules_start_after_the_warmup_and_end_near_zero():
+    from dllm_rl.trainer import lr_factor
+
+    total, warm = 12, 2
+    for schedule in ("cosine", "linear"):
+        f = [lr_factor(s, total, warm, schedule) for s in range(total)]
+        assert f[:2] == [0.5, 1.0]  # the warm-up is unchanged
+        assert all(a > b for a, b in zip(f[1:], f[2:]))  # then strictly decreasing
+        assert 0 < f[-1] < 0.1  # the last optimizer step still moves the weights
+    # linear: 1 - (s - w + 1) / (total - w + 1); cosine: its half-cosine of the same progress
+    assert lr_factor(6, total, warm, "linear") == 1 - 5 / 11
+    assert abs(lr_factor(6, total, warm, "cosine") - 0.5 * (1 + math.cos(math.pi * 5 / 11))) < 1e-12
+    assert [lr_factor(s, total, warm, "constant") for s in range(total)] == [warmup_factor(s, warm) for s in range(total)]

@@ -11,11 +11,12 @@ TINY = ["--set", "pretrain.steps=120", "--set", "pretrain.hidden_size=64", "--se
         "--set", "rollout.group_size=4", "--set", "algorithm.mu=2", "--set", "optim.micro_batch_size=4",
         "--set", "eval.max_examples=11", "--set", "eval.batch_size=4",
         "--set", "task.reward=cells", "--set", "algorithm.negative_weight=1", "--set", "optim.lr=5e-5",
-        "--set", "optim.warmup_steps=0"]
+        "--set", "optim.warmup_steps=0", "--set", "algorithm.beta=0.01"]
 """A small tiny model, pretrained just enough (120 steps) to solve some blanks: groups have reward
 variance, so the policy gradient is not only the KL term. Micro-batches of 4 rows: several per
 optimizer step. 11 evaluation examples in batches of 4: uneven shards over two processes. The cell
-reward with negatives at 5e-5 without warm-up (not the main job's solved-grid, positives-only preset):
+reward with negatives and the KL term at 5e-5 without warm-up (not the main job's solved-grid,
+positives-only, KL-free preset):
 with this weak model most groups would otherwise have no solved grid, hence no advantage and no gradient."""
 
 

@@ -199,11 +199,12 @@ class Trainer:
         gradients, so each process scales its loss by the process count (and by the accumulation
         steps under DeepSpeed, which divides by them) to get the sum, i.e. the one-process gradient."""
         o, mu = self.run.optim, self.algorithm.config.mu
-        batch = self._rows_with_gradient(batch)
+        kept = self._rows_with_gradient(batch)
+        rows = batch.num_rows - (batch.completion_ids.shape[0] - kept.completion_ids.shape[0])  # metrics: mean over kept rows
+        batch = kept
         cache = self.algorithm.prepare(self.adapter, batch, o.micro_batch_size)
         scale = self.accelerator.num_processes * (self.num_micro if self.deepspeed else 1)
         micro = list(batch.micro_batches(o.micro_batch_size))
-        rows = batch.completion_ids.shape[0]
         sums: dict[str, float] = {}
         maxes: dict[str, float] = {}
         norms = 0.0

@@ -2,7 +2,8 @@
 
 Each speed measurement runs in its own process (so its peak memory is its own) with the same
 OMP_NUM_THREADS; ratios measured in one run on one machine are what the tables report.
-Usage: OMP_NUM_THREADS=1 DLLM_RL_CACHE=... python benchmarks/run_all.py [--skip-accuracy]"""
+Usage: OMP_NUM_THREADS=1 DLLM_RL_CACHE=... python benchmarks/run_all.py [--skip-accuracy]
+(benchmarks/skip_rows.py trains, so it runs on its own; its last JSON gets a section here.)"""
 from __future__ import annotations
 
 import argparse
@@ -181,6 +182,10 @@ def main(argv=None):
         rl = rl_section(task, *spec)
         if rl:
             sections.append(rl)
+    skip = read_json("skip_rows")
+    if skip:
+        from benchmarks.skip_rows import section as skip_section
+        sections.append(skip_section(skip))
     atomic_write_text(ROOT / "BENCHMARKS.md", "\n\n".join(sections) + "\n")
     print("wrote BENCHMARKS.md")
 

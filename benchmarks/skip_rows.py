@@ -36,7 +36,7 @@ def section(d: dict) -> str:
     on, off = d["runs"]
     return (f"## Skipping rows with no gradient (README's Sudoku preset)\n\n"
             f"`python benchmarks/skip_rows.py` ({d['machine']['date'][:10]}): README's Sudoku ESPO preset (32 prompts x 8, "
-            f"positives only, no KL term) for {on['steps_timed'] + 2} steps, the first 2 dropped, with `optim.skip_zero_rows` on "
+            f"positives only, no KL term) for {on['steps_timed'] + d['warmup']} steps, the first {d['warmup']} dropped, with `optim.skip_zero_rows` on "
             "(default) and off. Without a KL term a row with zero advantage adds exactly zero to the loss, so its "
             "ELBO passes are skipped; the update is the same up to float rounding (`tests/trainer/test_skip_rows.py`).\n\n"
             + md_table(["skip_zero_rows", "step s", "rollout s", "update s"],
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     runs = [measure(skip, args.steps, args.warmup) for skip in (True, False)]
     data = {"machine": machine(), "preset": "README's Sudoku ESPO preset (tiny, 32 prompts x 8, no KL term)",
-            "runs": runs, "update_speedup": round(runs[1]["update_s"] / runs[0]["update_s"], 2),
+            "warmup": args.warmup, "runs": runs, "update_speedup": round(runs[1]["update_s"] / runs[0]["update_s"], 2),
             "step_speedup": round(runs[1]["step_s"] / runs[0]["step_s"], 2)}
     path = write_json(args.out, data)
     print(section(data))

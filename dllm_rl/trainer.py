@@ -200,7 +200,7 @@ class Trainer:
         steps under DeepSpeed, which divides by them) to get the sum, i.e. the one-process gradient."""
         o, mu = self.run.optim, self.algorithm.config.mu
         kept = self._rows_with_gradient(batch)
-        rows = batch.num_rows - (batch.completion_ids.shape[0] - kept.completion_ids.shape[0])  # metrics: mean over kept rows
+        rows = batch.num_rows if kept is batch else kept.completion_ids.shape[0]  # metrics: means over the rows run
         batch = kept
         cache = self.algorithm.prepare(self.adapter, batch, o.micro_batch_size)
         scale = self.accelerator.num_processes * (self.num_micro if self.deepspeed else 1)

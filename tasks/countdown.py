@@ -11,10 +11,13 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
+from dllm_rl.errors import UsageError
 from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, check_style, extract_answer, keyed_random
 
 MAX_EXPRESSION_CHARS = 100
 MAX_LITERAL_DIGITS = 6
+MAX_MISSES = 200_000
+"""Draws in a row that find no new problem before a split is declared impossible."""
 
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/()\s]*")
 _TRAILING_RESULT = re.compile(r"=\s*-?[0-9]+(?:\.[0-9]+)?\s*$")
@@ -40,12 +43,17 @@ class CountdownConfig(TaskConfig):
     validation_size: int = 200
     test_size: int = 500
     ops: str = "+-*/"
+    reward: str = "d1"
+    """``d1``: 1.0 for a right equation, 0.1 for any other answer, 0.0 without one; ``solved``: 1.0 only
+    for a right equation (the accuracy metric itself)."""
 
     def __post_init__(self):
         if self.num_numbers < 1 or self.min_number > self.max_number or self.min_target > self.max_target:
             raise ValueError("need num_numbers >= 1, min_number <= max_number and min_target <= max_target")
         if not self.ops or set(self.ops) - set(_PRECEDENCE):
             raise ValueError(f"ops must be a non-empty subset of '+-*/', got {self.ops!r}")
+        if self.reward not in ("d1", "solved"):
+            raise ValueError(f"reward must be d1 or solved, got {self.reward!r}")
 
 
 def _parse(text: str) -> ast.expr:
@@ -146,9 +154,15 @@ class Countdown(Task):
         size = getattr(cfg, f"{split}_size")
         rng = keyed_random(cfg.seed, split)
         out: list[Example] = []
-        for _ in range(1000 * size + 10_000):
-            if len(out) == size:
-                return out
+        misses = 0
+        while len(out) < size:
+            if misses > MAX_MISSES:
+                raise UsageError(
+                    f"task.{split}_size={size} is more than this countdown config can make (only {len(out)} {split} "
+                    f"problems left after the earlier splits); lower task.{split}_size or widen task.max_number / "
+                    "task.max_target"
+                )
+            misses += 1
             numbers = [rng.randint(cfg.min_number, cfg.max_number) for _ in range(cfg.num_numbers)]
             order = rng.sample(numbers, len(numbers))
             try:
@@ -161,10 +175,9 @@ class Countdown(Task):
             if key in self._used:
                 continue
             self._used.add(key)
+            misses = 0
             example_id = f"countdown-{split}-{len(out)}"
             out.append({"id": example_id, "numbers": numbers, "target": int(value), "solution": solution})
-        if len(out) < size:
-            raise ValueError(f"countdown config cannot produce {size} distinct {split} problems")
         return out
 
     def prompt(self, example: Example, style: str) -> Prompt:
@@ -189,21 +202,28 @@ class Countdown(Task):
         return _TRAILING_RESULT.sub("", text.strip()).strip()
 
     def reward(self, example: Example, completion: str, style: str) -> float:
-        """d1's reward: 0.0 without an answer, 1.0 if it uses exactly the numbers and hits the target, else 0.1."""
+        """d1's reward: 0.0 without an answer, 1.0 if it uses exactly the numbers and hits the target, else
+        0.1 (``reward: solved``: 1.0 or 0.0)."""
+        if self.solved(example, completion, style):
+            return 1.0
+        if self.config.reward == "solved" or self.answer(completion, style) is None:
+            return 0.0
+        return 0.1
+
+    def solved(self, example: Example, completion: str, style: str) -> bool:
+        """Whether the answer uses exactly the given numbers, each once, and evaluates to the target."""
         text = self.answer(completion, style)
         if text is None:
-            return 0.0
+            return False
         try:
             literals: list[int] = []
             value = _walk(_parse(text), literals)
         except InvalidExpression:
-            return 0.1
-        if sorted(literals) == sorted(example["numbers"]) and abs(value - example["target"]) < 1e-5:
-            return 1.0
-        return 0.1
+            return False
+        return sorted(literals) == sorted(example["numbers"]) and value == example["target"]
 
     def score(self, example: Example, completion: str, style: str) -> dict[str, float]:
-        return {"accuracy": float(self.reward(example, completion, style) == 1.0)}
+        return {"accuracy": float(self.solved(example, completion, style))}
 
     def protocol(self, style: str) -> EvalProtocol:
         check_style(style)

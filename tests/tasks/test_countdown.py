@@ -5,6 +5,7 @@ from fractions import Fraction
 
 import pytest
 
+from dllm_rl.errors import UsageError
 from dllm_rl.task import EvalProtocol
 from dllm_rl.tasks.countdown import (
     Countdown,
@@ -126,6 +127,19 @@ def test_direct_reward_and_score():
     assert task.score(EXAMPLE, "3*4+5", "direct") == {"accuracy": 0.0}
 
 
+@pytest.mark.parametrize("completion, expected", [
+    ("3*5+4", 1.0), ("3*5+4=20", 1.0), ("3*4+5", 0.0), ("4*4+3", 0.0), ("1/0", 0.0), ("  ", 0.0),
+    ("__import__('os')", 0.0),
+])
+def test_solved_reward_scores_only_right_equations(completion, expected):
+    """``reward: solved`` drops d1's 0.1 for a wrong answer; accuracy is the same under both rewards."""
+    solved, d1 = Countdown(CountdownConfig(reward="solved")), Countdown()
+    assert solved.reward(EXAMPLE, completion, "direct") == expected
+    assert solved.score(EXAMPLE, completion, "direct") == d1.score(EXAMPLE, completion, "direct") == {"accuracy": expected}
+    with pytest.raises(ValueError, match="reward must be d1 or solved"):
+        CountdownConfig(reward="cells")
+
+
 def test_prompts_and_protocols():
     task = Countdown()
     assert task.prompt({"numbers": [12, 3, 4], "target": 36}, "direct") == "12 3 4>36="
@@ -193,5 +207,6 @@ def test_impossible_config_fails_clearly():
     task = Countdown(cfg)
     only = {"id": "countdown-test-0", "numbers": [1, 1, 1], "target": 3, "solution": "1+1+1"}
     assert task.examples("test") == [only]
-    with pytest.raises(ValueError, match="cannot produce"):
+    with pytest.raises(UsageError, match=r"task.validation_size=1 is more than this countdown config can make \(only 0 validation"):
         task.examples("validation")  # 1+1+1 = 3 is the only problem and test already holds it
+

@@ -1,6 +1,7 @@
 """How much of a tiny model's greedy accuracy the evaluation protocol's parallel decoding costs: the
 same model decoded with L/2 steps (two tokens committed per step, the protocol) and with L steps
-(one token per step), under low-confidence and margin remasking. Scores the cached base checkpoint
+(one token per step), under low-confidence and margin remasking; on Countdown also what kind of
+wrong answer each is (no expression, wrong numbers, right numbers but wrong value). Scores the cached base checkpoint
 and any trained folders given with ``--checkpoint`` (e.g. runs/<run>/final); writes
 results/benchmarks/<out>.json. Set DLLM_RL_CACHE to reuse cached base models."""
 from __future__ import annotations
@@ -17,6 +18,24 @@ from benchmarks.threshold_accuracy import evaluate  # noqa: E402
 from dllm_rl.diffusion.sampler import SamplerConfig  # noqa: E402
 from dllm_rl.models.tiny import TinyDLM  # noqa: E402
 from dllm_rl.pipeline import build_task, load_model, resolve_config  # noqa: E402
+from dllm_rl.tasks.countdown import InvalidExpression, evaluate_expression, numbers_used  # noqa: E402
+
+
+def countdown_breakdown(task, examples, texts) -> dict[str, int]:
+    """Counts of solved answers and of the three ways a Countdown answer fails."""
+    counts = {"solved": 0, "no_expression": 0, "wrong_numbers": 0, "right_numbers_wrong_value": 0}
+    for ex, text in zip(examples, texts):
+        answer = task.answer(text, "direct")
+        try:
+            used, value = numbers_used(answer or ""), evaluate_expression(answer or "")
+        except InvalidExpression:
+            counts["no_expression"] += 1
+            continue
+        if sorted(used) != sorted(ex["numbers"]):
+            counts["wrong_numbers"] += 1
+        else:
+            counts["solved" if value == ex["target"] else "right_numbers_wrong_value"] += 1
+    return counts
 
 
 def main(argv=None):
@@ -43,9 +62,13 @@ def main(argv=None):
                 cfg = SamplerConfig(gen_length=length, steps=steps, block_length=run.rollout.block_length,
                                     temperature=0.0, remasking=remasking)
                 r = evaluate(adapter, task, a.split, cfg, a.batch_size, None)
-                rows.append({"model": name, "steps": steps, "gen_length": length, "remasking": remasking,
-                             r["metric"]: r["accuracy"], "n": r["n"]})
-                print(f"{name[-48:]:48s} steps {steps:3d} {remasking:15s} {r['metric']} {100 * r['accuracy']:5.1f}", flush=True)
+                row = {"model": name, "steps": steps, "gen_length": length, "remasking": remasking,
+                       r["metric"]: r["accuracy"], "n": r["n"]}
+                if a.task == "countdown":
+                    row["answers"] = countdown_breakdown(task, task.examples(a.split), r["texts"])
+                rows.append(row)
+                print(f"{name[-48:]:48s} steps {steps:3d} {remasking:15s} {r['metric']} {100 * r['accuracy']:5.1f}",
+                      row.get("answers", ""), flush=True)
     write_json(a.out, {"machine": machine(), "task": a.task, "split": a.split, "rows": rows})
 
 

@@ -126,6 +126,16 @@ def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tupl
 
 
 
+def _solves(example: Example, text: str) -> bool:
+    """Whether the expression uses exactly the given numbers, each once, and evaluates to the target."""
+    try:
+        literals: list[int] = []
+        value = _walk(_parse(text), literals)
+    except InvalidExpression:
+        return False
+    return sorted(literals) == sorted(example["numbers"]) and value == example["target"]
+
+
 class Countdown(Task):
     """Countdown with generated problems; splits are disjoint by (sorted numbers, target)."""
 
@@ -204,26 +214,14 @@ class Countdown(Task):
     def reward(self, example: Example, completion: str, style: str) -> float:
         """d1's reward: 0.0 without an answer, 1.0 if it uses exactly the numbers and hits the target, else
         0.1 (``reward: solved``: 1.0 or 0.0)."""
-        if self.solved(example, completion, style):
-            return 1.0
-        if self.config.reward == "solved" or self.answer(completion, style) is None:
-            return 0.0
-        return 0.1
-
-    def solved(self, example: Example, completion: str, style: str) -> bool:
-        """Whether the answer uses exactly the given numbers, each once, and evaluates to the target."""
         text = self.answer(completion, style)
-        if text is None:
-            return False
-        try:
-            literals: list[int] = []
-            value = _walk(_parse(text), literals)
-        except InvalidExpression:
-            return False
-        return sorted(literals) == sorted(example["numbers"]) and value == example["target"]
+        if text is not None and _solves(example, text):
+            return 1.0
+        return 0.1 if text is not None and self.config.reward == "d1" else 0.0
 
     def score(self, example: Example, completion: str, style: str) -> dict[str, float]:
-        return {"accuracy": float(self.solved(example, completion, style))}
+        text = self.answer(completion, style)
+        return {"accuracy": float(text is not None and _solves(example, text))}
 
     def protocol(self, style: str) -> EvalProtocol:
         check_style(style)

@@ -209,4 +209,3 @@ def test_impossible_config_fails_clearly():
     assert task.examples("test") == [only]
     with pytest.raises(UsageError, match=r"task.validation_size=1 is more than this countdown config can make \(only 0 validation"):
         task.examples("validation")  # 1+1+1 = 3 is the only problem and test already holds it
-

@@ -18,23 +18,14 @@ from benchmarks.threshold_accuracy import evaluate  # noqa: E402
 from dllm_rl.diffusion.sampler import SamplerConfig  # noqa: E402
 from dllm_rl.models.tiny import TinyDLM  # noqa: E402
 from dllm_rl.pipeline import build_task, load_model, resolve_config  # noqa: E402
-from dllm_rl.tasks.countdown import InvalidExpression, evaluate_expression, numbers_used  # noqa: E402
+from dllm_rl.tasks.countdown import verdict  # noqa: E402
 
 
 def countdown_breakdown(task, examples, texts) -> dict[str, int]:
-    """Counts of solved answers and of the three ways a Countdown answer fails."""
-    counts = {"solved": 0, "no_expression": 0, "wrong_numbers": 0, "right_numbers_wrong_value": 0}
+    """How many answers are solved and how many fail each way (``tasks.countdown.verdict``)."""
+    counts = dict.fromkeys(("solved", "no_expression", "wrong_numbers", "wrong_value"), 0)
     for ex, text in zip(examples, texts):
-        answer = task.answer(text, "direct")
-        try:
-            used, value = numbers_used(answer or ""), evaluate_expression(answer or "")
-        except InvalidExpression:
-            counts["no_expression"] += 1
-            continue
-        if sorted(used) != sorted(ex["numbers"]):
-            counts["wrong_numbers"] += 1
-        else:
-            counts["solved" if value == ex["target"] else "right_numbers_wrong_value"] += 1
+        counts[verdict(ex, task.answer(text, "direct"))] += 1
     return counts
 
 

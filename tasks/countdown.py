@@ -126,14 +126,17 @@ def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tupl
 
 
 
-def _solves(example: Example, text: str) -> bool:
-    """Whether the expression uses exactly the given numbers, each once, and evaluates to the target."""
+def verdict(example: Example, text: str | None) -> str:
+    """How an answer fares: ``solved``, ``no_expression``, ``wrong_numbers`` (not exactly the given numbers,
+    each once) or ``wrong_value`` (right numbers, another value)."""
     try:
         literals: list[int] = []
-        value = _walk(_parse(text), literals)
+        value = _walk(_parse(text or ""), literals)
     except InvalidExpression:
-        return False
-    return sorted(literals) == sorted(example["numbers"]) and value == example["target"]
+        return "no_expression"
+    if sorted(literals) != sorted(example["numbers"]):
+        return "wrong_numbers"
+    return "solved" if value == example["target"] else "wrong_value"
 
 
 class Countdown(Task):
@@ -215,13 +218,12 @@ class Countdown(Task):
         """d1's reward: 0.0 without an answer, 1.0 if it uses exactly the numbers and hits the target, else
         0.1 (``reward: solved``: 1.0 or 0.0)."""
         text = self.answer(completion, style)
-        if text is not None and _solves(example, text):
+        if text is not None and verdict(example, text) == "solved":
             return 1.0
         return 0.1 if text is not None and self.config.reward == "d1" else 0.0
 
     def score(self, example: Example, completion: str, style: str) -> dict[str, float]:
-        text = self.answer(completion, style)
-        return {"accuracy": float(text is not None and _solves(example, text))}
+        return {"accuracy": float(verdict(example, self.answer(completion, style)) == "solved")}
 
     def protocol(self, style: str) -> EvalProtocol:
         check_style(style)

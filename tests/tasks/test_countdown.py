@@ -13,6 +13,7 @@ from dllm_rl.tasks.countdown import (
     InvalidExpression,
     evaluate_expression,
     numbers_used,
+    verdict,
 )
 
 EXAMPLE = {"id": "countdown-test-x", "numbers": [3, 4, 5], "target": 19, "solution": "3*5+4"}
@@ -138,6 +139,16 @@ def test_solved_reward_scores_only_right_equations(completion, expected):
     assert solved.score(EXAMPLE, completion, "direct") == d1.score(EXAMPLE, completion, "direct") == {"accuracy": expected}
     with pytest.raises(ValueError, match="reward must be d1 or solved"):
         CountdownConfig(reward="cells")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("3*5+4", "solved"), ("4+5*3", "solved"), ("3*4+5", "wrong_value"), ("4*4+3", "wrong_numbers"),
+    ("3*5+4+0", "wrong_numbers"), ("5*3", "wrong_numbers"), ("3/(5-5)+4", "no_expression"), ("3*5+", "no_expression"),
+    ("", "no_expression"), (None, "no_expression"),
+])
+def test_verdict_sorts_answers(text, expected):
+    """The breakdown benchmarks/decoding_steps.py reports: wrong numbers before wrong value."""
+    assert verdict(EXAMPLE, text) == expected
 
 
 def test_prompts_and_protocols():

@@ -183,7 +183,8 @@ def test_each_invocation_is_recorded(tmp_path):
     assert entry["runs"][0] == "tiny__sudoku__espo__seed0.json" and entry["grid"]["seeds"] == [0, 1] and entry["ran"] == 1
 
 
-@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms", "lr-tuning", "cheap-rollouts"])
+@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms", "lr-tuning", "cheap-rollouts",
+                                  "countdown-levers", "countdown-levers-espo-mu8", "countdown-levers-chosen"])
 def test_shipped_experiment_grids_resolve(name, tmp_path):
     from pathlib import Path
 
@@ -194,3 +195,8 @@ def test_shipped_experiment_grids_resolve(name, tmp_path):
     if name == "ablation-action-likelihood":
         cells = {(j.run.algorithm.params.get("action", "sequence"), j.run.algorithm.params.get("likelihood", "elbo")) for j in jobs}
         assert cells == {("sequence", "elbo"), ("sequence", "mean_field"), ("token", "elbo"), ("token", "mean_field")}
+    if name.startswith("countdown-levers"):  # committed results pin ESPO's mu against later changes of the preset
+        mus = {j.run.algorithm.params["mu"] for j in jobs if j.run.algorithm.name == "espo"}
+        assert mus == ({8} if name.endswith("mu8") else {1})
+        d1 = [j.run.algorithm.params for j in jobs if j.run.algorithm.name == "diffu-grpo"]
+        assert all(p["beta"] == 0 and p["negative_weight"] == 0 and p["mu"] == 8 for p in d1)

@@ -21,11 +21,11 @@ from dllm_rl.pipeline import build_task, load_model, resolve_config  # noqa: E40
 from dllm_rl.tasks.countdown import verdict  # noqa: E402
 
 
-def countdown_breakdown(task, examples, texts) -> dict[str, int]:
+def countdown_breakdown(task, examples, texts, style: str) -> dict[str, int]:
     """How many answers are solved and how many fail each way (``tasks.countdown.verdict``)."""
     counts = dict.fromkeys(("solved", "no_expression", "wrong_numbers", "wrong_value"), 0)
     for ex, text in zip(examples, texts):
-        counts[verdict(ex, task.answer(text, "direct"))] += 1
+        counts[verdict(ex, task.answer(text, style))] += 1
     return counts
 
 
@@ -56,7 +56,7 @@ def main(argv=None):
                 row = {"model": name, "steps": steps, "gen_length": length, "remasking": remasking,
                        r["metric"]: r["accuracy"], "n": r["n"]}
                 if a.task == "countdown":
-                    row["answers"] = countdown_breakdown(task, task.examples(a.split), r["texts"])
+                    row["answers"] = countdown_breakdown(task, task.examples(a.split), r["texts"], adapter.prompt_style)
                 rows.append(row)
                 print(f"{name[-48:]:48s} steps {steps:3d} {remasking:15s} {r['metric']} {100 * r['accuracy']:5.1f}",
                       row.get("answers", ""), flush=True)

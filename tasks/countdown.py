@@ -125,7 +125,6 @@ def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tupl
     return _apply(op, left_value, right_value), f"{left}{op}{right}", prec
 
 
-
 def verdict(example: Example, text: str | None) -> str:
     """How an answer fares: ``solved``, ``no_expression``, ``wrong_numbers`` (not exactly the given numbers,
     each once) or ``wrong_value`` (right numbers, another value)."""
@@ -218,7 +217,7 @@ class Countdown(Task):
         """d1's reward: 0.0 without an answer, 1.0 if it uses exactly the numbers and hits the target, else
         0.1 (``reward: solved``: 1.0 or 0.0)."""
         text = self.answer(completion, style)
-        if text is not None and verdict(example, text) == "solved":
+        if verdict(example, text) == "solved":
             return 1.0
         return 0.1 if text is not None and self.config.reward == "d1" else 0.0
 

@@ -98,7 +98,8 @@ def versions() -> dict[str, str]:
     import transformers
 
     return {"dllm_rl": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "python": platform.python_version()}
+            "accelerate": accelerate.__version__, "python": platform.python_version(),
+            "cpu": torch.backends.cpu.get_cpu_capability()}  # kernels differ by ISA: CPU runs repeat bit for bit on the same one
 
 
 def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True, final_eval: bool = True,

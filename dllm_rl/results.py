@@ -142,6 +142,31 @@ def leaderboard(results: list[dict[str, Any]], error: str = "std") -> tuple[list
     return header, rows
 
 
+def mixed_bases(results: list[dict[str, Any]], shown: int = 3) -> list[str]:
+    """One line per model + task + length whose runs were scored against base models that differ (the
+    same recipe pretrained on another CPU, or a variant's own base): the ``(base)`` row then averages
+    them, and each Δ row is against its own runs' base only."""
+    lines = []
+    for model, task in sorted({(r["model"], r["task"]) for r in results}):
+        mine = [r for r in results if r["model"] == model and r["task"] == task and r.get("base")]
+        primary = _primary(results, task)
+        for length in sorted({l for r in mine for l in r["base"]}, key=int):
+            by_base: dict[float, list[str]] = {}
+            for r in mine:
+                if primary in r["base"].get(length, {}):
+                    names = by_base.setdefault(round(r["base"][length][primary], 6), [])
+                    if group_name(r) not in names:
+                        names.append(group_name(r))
+            if len(by_base) > 1:
+                parts = []
+                for value, names in sorted(by_base.items()):
+                    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+                    parts.append(f"{value * 100:.1f} % for {', '.join(sorted(names)[:shown])}{more}")
+                lines.append(f"{model} on {task} L={length}: {len(by_base)} different base models "
+                             f"({'; '.join(parts)}); the (base) row averages them, each Δ row is against its own runs' base")
+    return lines
+
+
 def costs(results: list[dict[str, Any]], error: str = "std", last: int = 10) -> tuple[list[str], list[list[str]]]:
     """What each model + algorithm (+ label) spent per task, for comparisons at equal budgets: RL steps,
     rollouts per step, training minutes, seconds per step, rollout NFE per sample (and its ratio to

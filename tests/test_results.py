@@ -8,7 +8,7 @@ import pytest
 
 from dllm_rl.errors import UsageError
 from dllm_rl.plots import plot_curves
-from dllm_rl.results import SCHEMA, at_budget, costs, curves, leaderboard, load_results, result_filename
+from dllm_rl.results import SCHEMA, at_budget, costs, curves, leaderboard, load_results, mixed_bases, result_filename
 
 
 def fake(algo, seed, acc, *, task="sudoku", label="", base=0.30, rewards=(0.1, 0.2, 0.3), model="tiny"):
@@ -163,3 +163,14 @@ def test_compare_table_shows_variant_labels_verbatim(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(fake("wd1", 0, 0.5, label="lr1e-5")))
     out = CliRunner().invoke(cli, ["compare", str(tmp_path)], terminal_width=200).output
     assert "wd1 [lr1e-5]" in out
+
+
+def test_runs_scored_against_different_bases_are_flagged_per_task():
+    same = [fake("espo", 0, 0.5), fake("wd1", 0, 0.4), fake("espo", 0, 0.2, task="countdown", base=0.06)]
+    assert mixed_bases(same) == []  # one base per task, even when tasks differ
+    mixed = same + [fake("d1", 0, 0.3, base=0.273)]  # e.g. the same base recipe pretrained on another CPU
+    (line,) = mixed_bases(mixed)
+    assert line.startswith("tiny on sudoku L=24: 2 different base models (27.3 % for d1; 30.0 % for espo, wd1)")
+    assert "and 1 more" in mixed_bases(mixed, shown=1)[0]
+    assert mixed_bases([fake("espo", 0, 0.5), {**fake("x", 0, 0.5), "base": None}]) == []  # runs without a base score
+

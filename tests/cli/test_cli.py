@@ -92,3 +92,17 @@ def test_list_names_sources():
     out = CliRunner().invoke(cli, ["list"])
     assert out.exit_code == 0
     assert "espo" in out.output and "sudoku" in out.output and "countdown" in out.output and "built-in" in out.output
+
+
+def test_compare_warns_on_stderr_when_runs_have_different_bases(tmp_path, run_main):
+    from dllm_rl.results import SCHEMA, result_filename, write_result
+
+    for seed, base in enumerate((0.30, 0.273)):
+        write_result(tmp_path / result_filename("tiny", "sudoku", "espo", seed),
+                     {"schema": SCHEMA, "model": "tiny", "task": "sudoku", "algorithm": "espo", "seed": seed, "label": "",
+                      "protocol": {"primary_metric": "accuracy"}, "metrics": {"24": {"accuracy": 0.5, "n": 9, "nfe": 12}},
+                      "base": {"24": {"accuracy": base, "n": 9, "nfe": 12}}})
+    code, out, err = run_main(["compare", str(tmp_path), "--format", "csv"])
+    assert code == 0 and "2 different base models (27.3 % for espo; 30.0 % for espo)" in err
+    assert "different base" not in out  # the table on stdout stays machine-readable
+    assert len(err.strip().splitlines()) == 1

@@ -173,4 +173,3 @@ def test_runs_scored_against_different_bases_are_flagged_per_task():
     assert line.startswith("tiny on sudoku L=24: 2 different base models (27.3 % for d1; 30.0 % for espo, wd1)")
     assert "and 1 more" in mixed_bases(mixed, shown=1)[0]
     assert mixed_bases([fake("espo", 0, 0.5), {**fake("x", 0, 0.5), "base": None}]) == []  # runs without a base score
-

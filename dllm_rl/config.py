@@ -128,8 +128,14 @@ class OptimConfig:
     skip_zero_rows: bool = True
     """Skip the forward and backward passes of rows whose loss term is exactly zero (the algorithm says
     which, e.g. zero advantage without a KL term). Same update up to float rounding; one process only."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the trainable weights, updated after every optimizer step (0 = off):
+    validation, the final evaluation and the exported model use the average, rollouts the live policy.
+    Its horizon is about 1 / (1 - decay) optimizer steps (mu per rollout batch). One process or DDP."""
 
     def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0 (0 = no warm-up), got {self.warmup_steps}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -33,6 +33,7 @@ from .rl.algorithm import Algorithm
 from .rl.rollout import RolloutBatch, valid_token_mask
 from .runlog import StepLog, check_trackers, scalars
 from .task import Task
+from .weight_average import WeightAverage
 
 
 def warmup_factor(optimizer_step: int, warmup_steps: int) -> float:
@@ -109,6 +110,11 @@ class Trainer:
         # Gradient-free forwards (sampling, caches, evaluation) skip the DDP wrapper: no collectives,
         # so processes may run different numbers of them. FSDP1 can only run through its wrapper.
         self.plain = self.wrapped if fsdp1 else self.policy
+        self.ema = None
+        if o.ema_decay:
+            if self.sharded_states:
+                raise UsageError("optim.ema_decay needs one process or DDP: under FSDP and DeepSpeed the weights are sharded")
+            self.ema = WeightAverage([(n, p) for n, p in self.policy.named_parameters() if p.requires_grad], o.ema_decay)
         adapter.model = self.plain
         if not self.sharded_states:
             acc.register_save_state_pre_hook(self._save_model_hook)
@@ -228,6 +234,8 @@ class Trainer:
                 norm = self.accelerator.clip_grad_norm_([p for p in self.wrapped.parameters() if p.requires_grad], o.grad_clip)
                 norms += (float("nan") if norm is None else float(norm)) / mu  # same on every process
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
         sums, maxes = reduce_metrics(self.accelerator, sums, maxes)
         return {**sums, "grad_norm": norms, **maxes}
 
@@ -258,10 +266,15 @@ class Trainer:
 
     def evaluate(self, split: str, lengths: list[int], base: bool = False) -> dict[str, dict[str, float]]:
         """``evaluation.evaluate`` with the examples sharded over processes (every process gets the
-        combined metrics); ``base`` scores the starting weights instead of the current policy."""
+        combined metrics); ``base`` scores the starting weights instead of the current policy, whose
+        weight average stands in for it when there is one."""
         if base:
             with self._base_model():
-                return self.evaluate(split, lengths)
+                return self._evaluate(split, lengths)
+        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+            return self._evaluate(split, lengths)
+
+    def _evaluate(self, split: str, lengths: list[int]) -> dict[str, dict[str, float]]:
         e, acc = self.run.eval, self.accelerator
         block = self.run.rollout.block_length
         if acc.num_processes == 1:
@@ -357,9 +370,13 @@ class Trainer:
         weights.clear()
         if self.is_main:
             ckpt.save_policy(self.policy, Path(output_dir))
+            if self.ema is not None:
+                self.ema.save(Path(output_dir))
 
     def _load_model_hook(self, models, input_dir) -> None:
         ckpt.load_policy(self.policy, Path(input_dir))
+        if self.ema is not None:
+            self.ema.load(Path(input_dir))
         models.clear()
 
     def _write_checkpoint(self, path: Path) -> None:
@@ -449,7 +466,14 @@ class Trainer:
         return best["step"]
 
     def save(self, path: Path) -> None:
-        """The policy (or its LoRA adapters) and tokenizer in Hugging Face format, written atomically."""
+        """The policy (or its LoRA adapters; their weight average with ``optim.ema_decay``) and tokenizer
+        in Hugging Face format, written atomically."""
+        if self.ema is not None:
+            with self.ema.swapped_in():
+                return self._save(path)
+        return self._save(path)
+
+    def _save(self, path: Path) -> None:
         state_dict = self.accelerator.get_state_dict(self.wrapped) if self.sharded_states else None
 
         def write(tmp: Path) -> None:

@@ -92,6 +92,7 @@ def test_best_validation_checkpoint_is_what_the_final_evaluation_scores(tmp_path
     ("output.completions=xml", "completions must be jsonl, jsonl.gz or none"),
     ("output.report_to=[nonsense]", "unknown tracker 'nonsense'; valid: all, aim, tensorboard"),
     ("eval.select=worst", "select must be last or best"),
+    ("optim.ema_decay=1", "ema_decay must be in [0, 1) (0 = off)"),
 ])
 def test_bad_run_settings_are_one_line(tmp_path, tiny, h, setting, needle):
     sets = [arg for s in setting.split() for arg in ("--set", s)]

@@ -153,9 +153,9 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     if final_eval:
         if e.select == "best":
             evaluated = f"best (validation, step {trainer.load_best()})"
-        t = time.perf_counter()
         if trainer.ema is not None:
             evaluated += f", weight average (EMA, decay {trainer.ema.decay})"
+        t = time.perf_counter()
         metrics = trainer.evaluate(e.split, lengths)
         timing["eval_s"] = round(time.perf_counter() - t, 2)
     trainer.finish()

@@ -100,6 +100,8 @@ class Trainer:
             ds["gradient_clipping"] = o.grad_clip
             acc.gradient_accumulation_steps = self.num_micro
 
+        if o.ema_decay and self.sharded_states:
+            raise UsageError("optim.ema_decay needs one process or DDP: under FSDP and DeepSpeed the weights are sharded")
         if fsdp1 and ckpt.is_peft(adapter.model):  # the FSDP1 wrapper hides peft's disable_adapter
             raise UsageError("LoRA under FSDP needs FSDP2: set fsdp_version: 2 (as dllm_rl/accelerate_configs/fsdp.yaml does)")
         adapter.freeze_reference()  # before wrapping: the reference is the starting policy
@@ -112,8 +114,6 @@ class Trainer:
         self.plain = self.wrapped if fsdp1 else self.policy
         self.ema = None
         if o.ema_decay:
-            if self.sharded_states:
-                raise UsageError("optim.ema_decay needs one process or DDP: under FSDP and DeepSpeed the weights are sharded")
             self.ema = WeightAverage([(n, p) for n, p in self.policy.named_parameters() if p.requires_grad], o.ema_decay)
         adapter.model = self.plain
         if not self.sharded_states:
@@ -234,7 +234,7 @@ class Trainer:
                 norm = self.accelerator.clip_grad_norm_([p for p in self.wrapped.parameters() if p.requires_grad], o.grad_clip)
                 norms += (float("nan") if norm is None else float(norm)) / mu  # same on every process
                 self.optimizer.step()
-                if self.ema is not None:
+                if self.ema is not None and not self.optimizer.step_was_skipped:  # fp16 overflow: no step, no average
                     self.ema.update()
         sums, maxes = reduce_metrics(self.accelerator, sums, maxes)
         return {**sums, "grad_norm": norms, **maxes}

@@ -29,16 +29,18 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self) -> None:
-        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - self.decay)
+        for s, p in zip(self.shadow, self.params):  # one tensor at a time: no float32 copy of the whole model
+            s.lerp_(p.detach().float(), 1.0 - self.decay)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
-        """The averaged weights in the model for the duration; the live ones restored after (exactly)."""
-        live = [p.detach().clone() for p in self.params]
-        with torch.no_grad():
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
+        """The averaged weights in the model for the duration; the live ones (kept on the CPU meanwhile)
+        restored after, exactly, also after an error or an interrupt mid-copy."""
+        live = [p.detach().to("cpu", copy=True) for p in self.params]
         try:
+            with torch.no_grad():
+                for p, s in zip(self.params, self.shadow):
+                    p.copy_(s)
             yield
         finally:
             with torch.no_grad():

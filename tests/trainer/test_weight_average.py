@@ -13,10 +13,21 @@ def _strip(result):
     return {k: v for k, v in result.items() if k not in TIMING_KEYS}
 
 
-def test_the_average_is_evaluated_and_exported_while_rollouts_use_the_live_policy(tmp_path, tiny, h):
+def test_the_average_is_evaluated_and_exported_while_rollouts_use_the_live_policy(tmp_path, tiny, h, monkeypatch):
+    from dllm_rl import trainer as trainer_mod
+
+    scored = []  # the weights each evaluation ran with
+
+    def spy(adapter, *args):
+        scored.append({k: v.clone() for k, v in adapter.model.state_dict().items()})
+        return evaluate(adapter, *args)
+
+    evaluate = trainer_mod.evaluate
+    monkeypatch.setattr(trainer_mod, "evaluate", spy)
     plain = [a for a in EMA if a != "optim.ema_decay=0.5"][1:]
     code, err = h.cli(["run", *tiny, *EMA, *h.dirs(tmp_path, "ema")])
     assert code == 0, err
+    final_scored = scored[-1]
     code, err = h.cli(["run", *tiny, *plain, *h.dirs(tmp_path, "plain")])
     assert code == 0, err
     ema, ref = h.result_of(tmp_path, "ema"), h.result_of(tmp_path, "plain")
@@ -32,9 +43,9 @@ def test_the_average_is_evaluated_and_exported_while_rollouts_use_the_live_polic
     exported = h.weights(run_dir / "final")
     assert h.max_weight_diff({k: exported[k] for k in average}, average) == 0.0
     assert h.max_weight_diff({k: live[k] for k in average}, average) > 1e-5  # the average is not the last weights
+    assert h.max_weight_diff({k: final_scored[k] for k in average}, average) == 0.0  # the test split scored the average
 
     from dllm_rl.config import RunConfig, from_dict
-    from dllm_rl.evaluation import evaluate
     from dllm_rl.models.tiny import TinyDLM
     from dllm_rl.models.tiny_family import make_adapter
     from dllm_rl.pipeline import build_task
@@ -51,6 +62,7 @@ def test_resumed_run_continues_the_average_to_the_same_results_file(tmp_path, ti
     code, err = h.cli(["run", *tiny, *EMA, *best, *h.dirs(tmp_path, "r")])
     assert code == 0, err
     reference = h.result_of(tmp_path, "r")
+    exported = h.weights(h.run_dir_of(tmp_path, "r") / "final")
     assert reference["training"]["evaluated_weights"].endswith("weight average (EMA, decay 0.5)")
     shutil.rmtree(tmp_path / "r")
     code, err = h.cli(["run", *tiny, *EMA, *best, "--set", "optim.max_steps=2", *h.dirs(tmp_path, "r")])
@@ -58,6 +70,7 @@ def test_resumed_run_continues_the_average_to_the_same_results_file(tmp_path, ti
     code, err = h.cli(["run", *tiny, *EMA, *best, "--resume", *h.dirs(tmp_path, "r")])
     assert code == 0, err
     assert _strip(h.result_of(tmp_path, "r")) == _strip(reference)  # bit for bit on CPU
+    assert h.max_weight_diff(h.weights(h.run_dir_of(tmp_path, "r") / "final"), exported) == 0.0
 
 
 def test_a_checkpoint_without_the_average_cannot_resume_with_one(tmp_path, tiny, h):

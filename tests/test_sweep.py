@@ -186,7 +186,8 @@ def test_each_invocation_is_recorded(tmp_path):
 @pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms", "lr-tuning", "cheap-rollouts",
                                   "countdown-levers", "countdown-levers-espo-mu8", "countdown-levers-chosen",
                                   "trace-mu8", "trace-mu8-controls", "sudoku-espo-mu8",
-                                  "sudoku-espo-mu8-chosen", "countdown-ema", "trace-mu8-lowlr"])
+                                  "sudoku-espo-mu8-chosen", "countdown-ema", "trace-mu8-lowlr",
+                                  "trace-mu8-lowlr-chosen"])
 def test_shipped_experiment_grids_resolve(name, tmp_path):
     from pathlib import Path
 

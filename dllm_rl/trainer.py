@@ -271,8 +271,12 @@ class Trainer:
         if base:
             with self._base_model():
                 return self._evaluate(split, lengths)
-        with self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext():
+        with self._scored_weights():
             return self._evaluate(split, lengths)
+
+    def _scored_weights(self):
+        """The weights evaluation and export use: the weight average in place while there is one."""
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     def _evaluate(self, split: str, lengths: list[int]) -> dict[str, dict[str, float]]:
         e, acc = self.run.eval, self.accelerator
@@ -468,12 +472,6 @@ class Trainer:
     def save(self, path: Path) -> None:
         """The policy (or its LoRA adapters; their weight average with ``optim.ema_decay``) and tokenizer
         in Hugging Face format, written atomically."""
-        if self.ema is not None:
-            with self.ema.swapped_in():
-                return self._save(path)
-        return self._save(path)
-
-    def _save(self, path: Path) -> None:
         state_dict = self.accelerator.get_state_dict(self.wrapped) if self.sharded_states else None
 
         def write(tmp: Path) -> None:
@@ -482,7 +480,8 @@ class Trainer:
                 self.adapter.tokenizer.save_pretrained(tmp)
 
         if self.is_main:
-            atomic_write_dir(path, write)
+            with self._scored_weights():
+                atomic_write_dir(path, write)
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> None:

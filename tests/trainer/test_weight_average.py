@@ -5,8 +5,9 @@ import shutil
 
 from dllm_rl.results import TIMING_KEYS
 
-EMA = ["--set", "optim.ema_decay=0.5", "--set", "optim.max_steps=3", "--set", "output.checkpoint_every=1",
-       "--set", "eval.base=false", "--set", "output.completions=none"]
+PLAIN = ["--set", "optim.max_steps=3", "--set", "output.checkpoint_every=1", "--set", "eval.base=false",
+         "--set", "output.completions=none"]
+EMA = ["--set", "optim.ema_decay=0.5", *PLAIN]
 
 
 def _strip(result):
@@ -24,11 +25,10 @@ def test_the_average_is_evaluated_and_exported_while_rollouts_use_the_live_polic
 
     evaluate = trainer_mod.evaluate
     monkeypatch.setattr(trainer_mod, "evaluate", spy)
-    plain = [a for a in EMA if a != "optim.ema_decay=0.5"][1:]
     code, err = h.cli(["run", *tiny, *EMA, *h.dirs(tmp_path, "ema")])
     assert code == 0, err
     final_scored = scored[-1]
-    code, err = h.cli(["run", *tiny, *plain, *h.dirs(tmp_path, "plain")])
+    code, err = h.cli(["run", *tiny, *PLAIN, *h.dirs(tmp_path, "plain")])
     assert code == 0, err
     ema, ref = h.result_of(tmp_path, "ema"), h.result_of(tmp_path, "plain")
     assert ema["training"]["curve"] == ref["training"]["curve"]  # same rollouts, rewards and updates
@@ -74,8 +74,7 @@ def test_resumed_run_continues_the_average_to_the_same_results_file(tmp_path, ti
 
 
 def test_a_checkpoint_without_the_average_cannot_resume_with_one(tmp_path, tiny, h):
-    no_ema = [a for a in EMA if a != "optim.ema_decay=0.5"][1:]
-    code, err = h.cli(["run", *tiny, *no_ema, "--set", "optim.max_steps=1", *h.dirs(tmp_path, "n")])
+    code, err = h.cli(["run", *tiny, *PLAIN, "--set", "optim.max_steps=1", *h.dirs(tmp_path, "n")])
     assert code == 0, err
     code, err = h.cli(["run", *tiny, *EMA, "--resume", *h.dirs(tmp_path, "n")])
     assert code == 2 and "optim.ema_decay" in err and len(err.strip().splitlines()) == 1, err

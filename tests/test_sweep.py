@@ -188,7 +188,8 @@ def test_each_invocation_is_recorded(tmp_path):
                                   "trace-mu8", "trace-mu8-controls", "sudoku-espo-mu8",
                                   "sudoku-espo-mu8-chosen", "countdown-ema", "trace-mu8-lowlr",
                                   "trace-mu8-lowlr-chosen", "countdown-p64", "trace-tok-mu8",
-                                  "trace-tok-mu8-chosen"])
+                                  "trace-tok-mu8-chosen", "trace-d1-lr",
+                                  "trace-d1-lr-chosen"])
 def test_shipped_experiment_grids_resolve(name, tmp_path):
     from pathlib import Path
 

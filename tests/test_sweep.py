@@ -2,6 +2,7 @@
 which are to do, which conflict with an existing file; one failing run does not stop the others."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -183,17 +184,12 @@ def test_each_invocation_is_recorded(tmp_path):
     assert entry["runs"][0] == "tiny__sudoku__espo__seed0.json" and entry["grid"]["seeds"] == [0, 1] and entry["ran"] == 1
 
 
-@pytest.mark.parametrize("name", ["ablation-action-likelihood", "ablation-kl", "algorithms", "lr-tuning", "cheap-rollouts",
-                                  "countdown-levers", "countdown-levers-espo-mu8", "countdown-levers-chosen",
-                                  "trace-mu8", "trace-mu8-controls", "sudoku-espo-mu8",
-                                  "sudoku-espo-mu8-chosen", "countdown-ema", "trace-mu8-lowlr",
-                                  "trace-mu8-lowlr-chosen", "countdown-p64", "trace-tok-mu8",
-                                  "trace-tok-mu8-chosen", "trace-d1-lr",
-                                  "trace-d1-lr-chosen"])
-def test_shipped_experiment_grids_resolve(name, tmp_path):
-    from pathlib import Path
+_EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
-    g = sweep.load_grid(str(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"))
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in _EXPERIMENTS.glob("*.yaml")))
+def test_shipped_experiment_grids_resolve(name, tmp_path):
+    g = sweep.load_grid(str(_EXPERIMENTS / f"{name}.yaml"))
     g.out = str(tmp_path)
     jobs = sweep.plan(g)
     assert jobs and all(j.status == "todo" for j in jobs) and len({j.path for j in jobs}) == len(jobs)

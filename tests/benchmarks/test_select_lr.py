@@ -41,3 +41,18 @@ def test_rates_are_compared_within_a_setting_on_seed_0_validation_means():
     assert table[("sudoku", "espo", "")] == pytest.approx({1e-5: 0.3, 3e-5: 0.3})
     assert table[("sudoku", "espo", "mu8")] == pytest.approx({1e-6: 0.4, 1e-5: 0.1})
     assert table[("sudoku", "wd1", "")] == pytest.approx({1e-5: 0.1})
+
+
+def test_choice_notes_a_rate_at_the_edge_of_the_grid():
+    assert select_lr.choice_note({1e-5: 0.3}) == "lr 1e-05 (the only rate tried)"
+    assert select_lr.choice_note({1e-6: 0.30, 3e-6: 0.25, 1e-5: 0.20}).endswith("(the lowest rate tried: the best may lie beyond it)")
+    assert select_lr.choice_note({1e-6: 0.20, 1e-5: 0.30}).endswith("(the highest rate tried: the best may lie beyond it)")
+    assert select_lr.choice_note({1e-6: 0.20, 3e-6: 0.35, 1e-5: 0.30}) == "lr 3e-06"
+
+
+def test_missing_folder_is_one_line_and_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        select_lr.main([str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and len(err.splitlines()) == 1

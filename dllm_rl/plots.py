@@ -9,6 +9,16 @@ from typing import Any
 from .results import atomic_write_bytes, curves
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+_COLORS = 10  # matplotlib's default colour cycle (tab10)
+
+
+def line_style(i: int) -> tuple[str, str]:
+    """Colour and dash of the i-th line: tab10's colours, then again with the next dash, so up to 40 lines
+    stay distinct (a comparison folder easily holds more than ten algorithm x rate rows)."""
+    return f"C{i % _COLORS}", _LINESTYLES[(i // _COLORS) % len(_LINESTYLES)]
+
+
 def plot_curves(results: list[dict[str, Any]], folder: str | Path, key: str = "reward", smooth: int = 1,
                 error: str = "std") -> list[Path]:
     """Write ``<key>_<task>.png`` for every task whose runs logged ``key``; returns the files written."""
@@ -19,18 +29,23 @@ def plot_curves(results: list[dict[str, Any]], folder: str | Path, key: str = "r
 
     written = []
     for task, lines in curves(results, key, smooth, error).items():
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for name, c in lines.items():
+        many = len(lines) > 6  # legend beside the axes instead of over the curves
+        fig, ax = plt.subplots(figsize=(9.6 if many else 6.4, 4.0), dpi=120)
+        for i, (name, c) in enumerate(lines.items()):
             n = int(max(c["n"]))
-            (line,) = ax.plot(c["step"], c["mean"], label=f"{name} (n={n})", linewidth=1.6)
+            color, dash = line_style(i)
+            ax.plot(c["step"], c["mean"], label=f"{name} (n={n})", linewidth=1.6, color=color, linestyle=dash)
             lo = [m - e for m, e in zip(c["mean"], c["err"])]
             hi = [m + e for m, e in zip(c["mean"], c["err"])]
-            ax.fill_between(c["step"], lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(c["step"], lo, hi, color=color, alpha=0.12 if many else 0.2, linewidth=0)
         ax.set_xlabel("RL step")
-        ax.set_ylabel(f"training {key}" + (f" ({smooth}-step mean)" if smooth > 1 else ""))
+        ax.set_ylabel(key + (f" ({smooth}-step mean)" if smooth > 1 else ""))
         ax.set_title(f"{task}: mean ± {error} over seeds")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if many:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        else:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")

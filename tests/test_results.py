@@ -173,3 +173,11 @@ def test_runs_scored_against_different_bases_are_flagged_per_task():
     assert line.startswith("tiny on sudoku L=24: 2 different base models (27.3 % for d1; 30.0 % for espo, wd1)")
     assert "and 1 more" in mixed_bases(mixed, shown=1)[0]
     assert mixed_bases([fake("espo", 0, 0.5), {**fake("x", 0, 0.5), "base": None}]) == []  # runs without a base score
+
+
+def test_plot_lines_stay_distinct_beyond_the_ten_colours():
+    from dllm_rl.plots import line_style
+
+    styles = [line_style(i) for i in range(40)]
+    assert len(set(styles)) == 40
+    assert styles[0] == ("C0", "-") and styles[10] == ("C0", "--")

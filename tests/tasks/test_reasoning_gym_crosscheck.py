@@ -13,11 +13,13 @@ from reasoning_gym.games.countdown import CountdownConfig as GymCountdownConfig
 from reasoning_gym.games.countdown import CountdownDataset
 from reasoning_gym.games.mini_sudoku import MiniSudokuConfig, MiniSudokuDataset
 
+from dllm_rl import registry
 from dllm_rl.tasks.countdown import Countdown, CountdownConfig, _random_expression, verdict
 from dllm_rl.tasks.sudoku import Sudoku, all_grids, count_solutions
 
-# The tiny model's Countdown range (registry.yaml preset for tiny + countdown).
-TINY_COUNTDOWN = dict(max_number=9, max_target=50, train_size=1000, validation_size=200, test_size=500)
+# The tiny model's Countdown problems, as registry.yaml's presets set them.
+TINY_COUNTDOWN = {key.removeprefix("task."): value for preset in registry.presets("tiny", "countdown", "espo")
+                  for key, value in preset.items() if key.startswith("task.")}
 
 
 def _board(grid: str) -> list[list[int]]:

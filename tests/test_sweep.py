@@ -201,3 +201,13 @@ def test_shipped_experiment_grids_resolve(name, tmp_path):
         assert mus == ({8} if name.endswith("mu8") else {1})
         d1 = [j.run.algorithm.params for j in jobs if j.run.algorithm.name == "diffu-grpo"]
         assert all(p["beta"] == 0 and p["negative_weight"] == 0 and p["mu"] == 8 for p in d1)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in _EXPERIMENTS.glob("*.yaml")))
+def test_committed_results_are_what_their_grid_runs_today(name, monkeypatch):
+    """A preset or default that changes after results were committed must not silently change what a
+    shipped grid reruns: every results file a grid names matches its configuration (or is not run yet)."""
+    monkeypatch.chdir(_EXPERIMENTS.parent)
+    g = sweep.load_grid(str(_EXPERIMENTS / f"{name}.yaml"))
+    conflicts = [f"{j.path.name}: {j.detail}" for j in sweep.plan(g) if j.status == "conflict"]
+    assert not conflicts, conflicts

@@ -107,6 +107,9 @@ def _print_summary(result):
             delta = f"{100 * (a - b):+.1f}" if a is not None and b is not None else "-"
             table.add_row(length, name, fmt(b), fmt(a), delta)
     console.print(table)
+    evaluated = (result.get("training") or {}).get("evaluated_weights")
+    if evaluated and result["metrics"]:
+        console.print(f"after = the {evaluated} weights")  # which checkpoint 'after' scores: last, best, EMA
     console.print(f"results: {result['_path']}  ({result['timing']['total_s']:.0f}s)")
 
 

@@ -62,7 +62,7 @@ def test_step_log_resume_drops_later_steps_and_a_cut_off_tail(tmp_path):
             assert [json.loads(line) for line in fh] == [{"step": 0, "x": 0}, {"step": 1, "x": 10}, {"step": 2, "x": -1}]
 
 
-def test_best_validation_checkpoint_is_what_the_final_evaluation_scores(tmp_path, tiny, h):
+def test_best_validation_checkpoint_is_what_the_final_evaluation_scores(tmp_path, tiny, h, capsys):
     code, err = h.cli(["run", *tiny, "--set", "optim.max_steps=3", "--set", "eval.every=1", "--set", "eval.select=best",
                        "--set", "eval.base=false", "--set", "output.completions=none", *h.dirs(tmp_path, "b")])
     assert code == 0, err
@@ -72,6 +72,7 @@ def test_best_validation_checkpoint_is_what_the_final_evaluation_scores(tmp_path
     assert best["value"] == max(values) and values.index(max(values)) + 1 == best["step"]  # first of the best
     assert best["metric"].startswith("validation ")  # selected on the validation split, never test
     assert result["training"]["evaluated_weights"] == f"best (validation, step {best['step']})"
+    assert f"after = the best (validation, step {best['step']}) weights" in capsys.readouterr().out  # the user sees it
     assert not (run_dir / "completions.jsonl").exists()
 
     from dllm_rl.evaluation import evaluate

@@ -161,6 +161,9 @@ class EvalConfig:
     def __post_init__(self):
         if self.select not in ("last", "best"):
             raise ValueError(f"select must be last or best, got {self.select!r}")
+        if self.select == "best" and self.every <= 0:
+            raise ValueError("select=best needs validation during training (every > 0, e.g. eval.every=20); "
+                             "select=last scores the last weights")
         if self.select == "best" and self.val_split == self.split:
             raise ValueError(f"val_split must differ from split ({self.split!r}) with select=best: "
                              "a checkpoint is never selected on the split it is scored on")

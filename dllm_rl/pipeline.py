@@ -146,13 +146,13 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         state = trainer.train()
         timing["train_s"] = round(time.perf_counter() - t, 2)
         timing["step_s"] = state.step_seconds
-        if run.output.save_model:
-            trainer.save(run_dir / "final")
-    metrics = None
     evaluated = "last"
+    if e.select == "best" and (train or final_eval):  # before saving, so `final` holds the scored weights
+        evaluated = f"best (validation, step {trainer.load_best()})"
+    if train and run.output.save_model:
+        trainer.save(run_dir / "final")
+    metrics = None
     if final_eval:
-        if e.select == "best":
-            evaluated = f"best (validation, step {trainer.load_best()})"
         if trainer.ema is not None:
             evaluated += f", weight average (EMA, decay {trainer.ema.decay})"
         t = time.perf_counter()

@@ -209,5 +209,7 @@ def test_committed_results_are_what_their_grid_runs_today(name, monkeypatch):
     shipped grid reruns: every results file a grid names matches its configuration (or is not run yet)."""
     monkeypatch.chdir(_EXPERIMENTS.parent)
     g = sweep.load_grid(str(_EXPERIMENTS / f"{name}.yaml"))
-    conflicts = [f"{j.path.name}: {j.detail}" for j in sweep.plan(g) if j.status == "conflict"]
+    jobs = sweep.plan(g)
+    conflicts = [f"{j.path.name}: {j.detail}" for j in jobs if j.status == "conflict"]
     assert not conflicts, conflicts
+    assert any(j.status == "done" for j in jobs), "no committed results found: the check compared nothing"

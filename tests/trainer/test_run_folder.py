@@ -86,10 +86,13 @@ def test_best_validation_checkpoint_is_what_the_final_evaluation_scores(tmp_path
     config = from_dict(RunConfig, result["config"])
     scores = evaluate(adapter, build_task(config), "test", [24], 4, 11)
     assert {k: v for k, v in scores["24"].items() if k != "seconds"} == result["metrics"]["24"]
+    final = TinyDLM.from_pretrained(run_dir / "final").state_dict()  # the exported model is the scored one
+    assert all(torch.equal(final[k], v) for k, v in adapter.model.state_dict().items())
 
 
 @pytest.mark.parametrize("setting, needle", [
     ("eval.select=best eval.every=1 eval.val_split=test", "val_split must differ from split"),
+    ("eval.select=best eval.every=0", "select=best needs validation during training"),
     ("output.completions=xml", "completions must be jsonl, jsonl.gz or none"),
     ("output.report_to=[nonsense]", "unknown tracker 'nonsense'; valid: all, aim, tensorboard"),
     ("eval.select=worst", "select must be last or best"),

@@ -15,8 +15,6 @@ import statistics
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, write_json  # noqa: E402
 from dllm_rl import checkpoint as ckpt  # noqa: E402
@@ -58,7 +56,6 @@ def main(argv=None):
     a = p.parse_args(argv)
     names = a.rule or ["best:20:120", "best:10:120", "last:120", "best:20:240", "best:10:240", "last:240"]
     rules = {name: parse_rule(name) for name in names}
-    torch.set_grad_enabled(False)
     files = sorted(Path(a.results).glob("*.json"))
     if not files:
         raise SystemExit(f"no results files in {a.results!r}")

@@ -88,9 +88,10 @@ def main(argv=None):
                 scores[step] = m[key][metric]
             return scores[step]
 
-        row = {"file": f.name, "seed": result["seed"], "base": result["base"][key][metric] if result["base"] else None, "rules": {}}
-        if row["base"] is not None:
-            base_scores.append(row["base"])
+        base_score = result["base"][key][metric] if result["base"] else None
+        row = {"file": f.name, "seed": result["seed"], "base": base_score, "rules": {}}
+        if base_score is not None:
+            base_scores.append(base_score)
         for name, rule in rules.items():
             step = pick(validation, rule)
             row["rules"][name] = {"step": step, "test": test_at(step)}

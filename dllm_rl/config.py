@@ -38,6 +38,10 @@ class ModelConfig:
     lora_r: int = 128
     lora_alpha: int = 64
     lora_dropout: float = 0.05
+    disable_dropout: bool = True
+    """Dropout (LoRA's included) off in every forward pass of training: rollouts and the old, current and
+    reference likelihoods. Otherwise theta = theta_old gives a log-ratio that is dropout noise, not 0,
+    and the ratio and its clip see that noise (TRL's GRPO disables it the same way)."""
     lora_targets: list[str] | None = None
     """Module names to adapt; None = the family's defaults. Names that match no module are an error."""
     adapter: str | None = None
@@ -95,6 +99,9 @@ class RolloutConfig:
     denoising pass are reused by the later passes, which run over the completion only."""
     prompt_cache_refresh: int = 0
     """With ``prompt_cache``: a full pass refreshes the cache every this many passes (0 = never)."""
+    batch_size: int | None = None
+    """Rows per generation call (the logits of a batch at a real vocabulary are GBs); None = all of this
+    process's rows at once. Completions are the same for every batch size."""
     early_stop: bool = False
     """Stop a row once its remaining masked positions all follow a committed block containing EOS,
     filling them with EOS (exact whenever the model would decode EOS there)."""
@@ -106,6 +113,8 @@ class RolloutConfig:
             raise ValueError(f"threshold needs remasking low_confidence or margin, got {self.remasking!r}")
         if self.prompt_cache_refresh < 0:
             raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or null = all rows at once), got {self.batch_size}")
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")

@@ -36,6 +36,14 @@ from .task import Task
 from .weight_average import WeightAverage
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 (LoRA's ``lora_dropout`` modules included), so that forward
+    passes in train mode (kept for gradient checkpointing) are deterministic functions of the weights."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+
+
 def warmup_factor(optimizer_step: int, warmup_steps: int) -> float:
     """Linear learning-rate warm-up over the first ``warmup_steps`` optimizer steps, then constant:
     a fresh Adam state makes its first updates about lr in size on every weight, whatever the gradient."""
@@ -104,6 +112,8 @@ class Trainer:
             raise UsageError("optim.ema_decay needs one process or DDP: under FSDP and DeepSpeed the weights are sharded")
         if fsdp1 and ckpt.is_peft(adapter.model):  # the FSDP1 wrapper hides peft's disable_adapter
             raise UsageError("LoRA under FSDP needs FSDP2: set fsdp_version: 2 (as dllm_rl/accelerate_configs/fsdp.yaml does)")
+        if run.model.disable_dropout:
+            disable_dropout(adapter.model)
         adapter.freeze_reference()  # before wrapping: the reference is the starting policy
         params = [p for p in adapter.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
@@ -132,7 +142,7 @@ class Trainer:
         self.sampler = SamplerConfig(gen_length=gen_length, steps=r.steps, block_length=r.block_length,
                                      temperature=r.temperature, remasking=r.remasking, threshold=r.threshold,
                                      prompt_cache=r.prompt_cache, prompt_cache_refresh=r.prompt_cache_refresh,
-                                     eos_id=adapter.eos_id if r.early_stop else None)
+                                     batch_size=r.batch_size, eos_id=adapter.eos_id if r.early_stop else None)
         if r.prompt_cache:
             try:
                 adapter.prompt_cache_fns()
@@ -207,7 +217,7 @@ class Trainer:
         o, mu = self.run.optim, self.algorithm.config.mu
         kept = self._rows_with_gradient(batch)
         rows = batch.num_rows if kept is batch else kept.completion_ids.shape[0]  # metrics: means over the rows run
-        batch = kept
+        batch = kept.to(self.accelerator.device)
         cache = self.algorithm.prepare(self.adapter, batch, o.micro_batch_size)
         scale = self.accelerator.num_processes * (self.num_micro if self.deepspeed else 1)
         micro = list(batch.micro_batches(o.micro_batch_size))

@@ -1,6 +1,7 @@
 """Likelihood estimators of a completion given its prompt: the sequence ELBO with per-token terms
 (ESPO, token-level ELBO), the one-step mean-field proxy (d1, wd1), SPG's block-masked lower and
-upper bounds, and per-step log-probs of the sampler's own denoising steps (AGRPO). All log-probs in fp32."""
+upper bounds, and per-step log-probs of the sampler's own denoising steps (AGRPO). All log-probs in fp32,
+from the output head at the completion positions only and without a full-vocabulary fp32 log-softmax."""
 from __future__ import annotations
 
 import math
@@ -8,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .logprobs import target_logprobs
 from .masking import prompt_masks, sample_masks
-from .sampler import sampling_logits
+from .sampler import logits_at, sampling_logits
 
 LIKELIHOODS = ("mean_field", "elbo")
 
@@ -32,12 +34,12 @@ def completion_logits(logits_fn, seqs: Sequences, completion_in: torch.Tensor,
     reps = completion_in.shape[0] // seqs.prompt_ids.shape[0]
     prompt = (prompt_in if prompt_in is not None else seqs.prompt_ids).repeat(reps, 1)
     attn = torch.cat([seqs.prompt_mask.repeat(reps, 1), torch.ones_like(completion_in)], dim=1)
-    return logits_fn(torch.cat([prompt, completion_in], dim=1), attn)[:, prompt.shape[1]:]
+    return logits_at(logits_fn, torch.cat([prompt, completion_in], dim=1), attn, slice(prompt.shape[1], None))
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log-softmax of ``logits`` [N, L, V] in fp32 at ``targets`` [N, L]."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    """log-softmax of ``logits`` [N, L, V] in fp32 at ``targets`` [N, L], one chunk of rows at a time."""
+    return target_logprobs(logits, targets.to(logits.device))
 
 
 def token_logprobs(logits_fn, seqs: Sequences, completion_in: torch.Tensor,
@@ -66,12 +68,11 @@ def elbo_terms(logits_fn, seqs: Sequences, mask_id: int, key: tuple, *, num_samp
     """Per-token contributions L^k [B, L] of the discrete-masking sequence ELBO (their sum over k
     is the ELBO estimate), averaged over ``num_samples`` Monte-Carlo mask draws keyed by ``key``."""
     b, length = seqs.completion_ids.shape
-    dev = seqs.completion_ids.device
-    total = torch.zeros(b, length, device=dev)
+    total = torch.zeros(b, length)
     for m in range(num_samples):
         masked, weight = sample_masks((*key, m), seqs.rows.cpu(), seqs.num_rows, length, coupled=coupled, stratified=stratified)
-        masked, weight = masked.to(dev), weight.to(dev)
-        logp = masked_logprobs(logits_fn, seqs, masked, mask_id)
+        logp = masked_logprobs(logits_fn, seqs, masked.to(seqs.completion_ids.device), mask_id)  # fp32, logits' device
+        masked, weight, total = masked.to(logp.device), weight.to(logp.device, torch.float32), total.to(logp.device)
         total = total + (masked * weight[..., None] * logp).sum(1) / masked.shape[1]
     return total / num_samples
 
@@ -133,7 +134,11 @@ def denoising_step_logprobs(logits_fn, seqs: Sequences, commit_step: torch.Tenso
     b, n = steps.shape
     states = step_inputs(seqs.completion_ids, commit_step, steps, mask_id)  # [B, n, L]
     flat = states.transpose(0, 1).reshape(n * b, -1)  # copy-major
-    raw = completion_logits(logits_fn, seqs, flat).float()
-    raw = raw.index_fill(-1, torch.tensor([mask_id], device=raw.device), float("-inf"))
-    logp = gather_logprobs(sampling_logits(raw, temperature, top_k, top_p), seqs.completion_ids.repeat(n, 1))
+    raw = completion_logits(logits_fn, seqs, flat)
+    targets = seqs.completion_ids.repeat(n, 1).to(raw.device)
+    if top_k is None and (top_p is None or top_p >= 1.0):  # temperature and the mask column, chunked
+        logp = target_logprobs(raw, targets, temperature=temperature, exclude=mask_id)
+    else:  # top-k/top-p need the whole filtered row
+        raw = raw.float().index_fill(-1, torch.tensor([mask_id], device=raw.device), float("-inf"))
+        logp = gather_logprobs(sampling_logits(raw, temperature, top_k, top_p), targets)
     return logp.view(n, b, -1).transpose(0, 1)

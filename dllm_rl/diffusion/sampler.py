@@ -1,7 +1,12 @@
 """Masked-diffusion sampler: iterative unmasking with low-confidence or random remasking,
-semi-autoregressive blocks, temperature sampling with fp64 Gumbel noise (greedy at temperature 0),
-and correct handling of left-padded batches: every row draws its noise from its own generator, so
-a padded batch gives the same output as each row sampled alone.
+semi-autoregressive blocks, temperature sampling (exact inverse-CDF draws, see ``proposals``; greedy
+at temperature 0), and correct handling of left-padded batches: every row draws its noise from its
+own generator, so a padded batch gives the same output as each row sampled alone.
+
+The decoding state lives on the logits' device, and each step asks the model for logits of the
+positions that can be committed only (the current block), so the sampler's own work per step is
+a few passes over [rows, block, V] on the device: no host copies of logits, and noise is one
+uniform per position drawn from the row's CPU generator.
 
 Cheaper-rollout options: confidence-threshold parallel decoding (Fast-dLLM: commit every position
 of the current block whose confidence clears a threshold, at least one per step, so the step count
@@ -13,7 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import inspect
+
 import torch
+
+from .proposals import propose, sampling_logits  # noqa: F401  (sampling_logits: re-exported for objectives)
 
 REMASKING = ("low_confidence", "random", "entropy", "margin")
 
@@ -46,6 +55,9 @@ class SamplerConfig:
     prompt_cache_refresh: int = 0
     """With ``prompt_cache``: a full pass that refreshes the cache every this many passes of a row
     (0 = only the first pass)."""
+    batch_size: int | None = None
+    """Rows decoded together in one batch of forward passes (memory at real vocabularies); None = all.
+    Completions do not depend on it."""
     eos_id: int | None = None
     """Early stop: once every masked position of a row lies in blocks after a fully committed block
     containing this token, the rest is filled with it (log-prob 0) without further forward passes.
@@ -62,6 +74,8 @@ class SamplerConfig:
                 raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.prompt_cache_refresh < 0:
             raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (or null = all rows), got {self.batch_size}")
 
     @property
     def num_steps(self) -> int:
@@ -89,27 +103,6 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Top-k then top-p (nucleus) filtering of fp64 logits [..., V]."""
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, idx = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
-        logits = logits.masked_fill(drop.scatter(-1, idx, drop), float("-inf"))
-    return logits
-
-
-def sampling_logits(raw: torch.Tensor, temperature: float, top_k: int | None = None,
-                    top_p: float | None = None) -> torch.Tensor:
-    """Logits of the distribution tokens are sampled from (its log-softmax is what the sampler records):
-    temperature scaling (none at temperature 0, where the sampler takes the argmax), then top-k/top-p.
-    Shared with objectives that re-evaluate the sampler's own distribution (AGRPO)."""
-    return _filter(raw / temperature if temperature > 0 else raw, top_k, top_p)
-
-
 def _transfer_counts(n_masked: int, steps: int) -> list[int]:
     """Tokens to commit at each of ``steps`` steps so that ``n_masked`` are committed in all."""
     base, extra = divmod(n_masked, steps)
@@ -131,39 +124,44 @@ def _fixed_plan(cfg: SamplerConfig) -> list[tuple[int, int, int]]:
             for n in _transfer_counts(end - start, n_steps)]
 
 
-def _propose(raw: torch.Tensor, cfg: SamplerConfig, mask_id: int, generators: list[torch.Generator] | None):
-    """Token choice, its log-prob under the sampling distribution and the remasking confidence [b, L]
-    from fp64 logits [b, L, V] (one generator per row, drawn in row order)."""
-    raw[..., mask_id] = float("-inf")  # never commit the mask token itself
-    logits = sampling_logits(raw, cfg.temperature, cfg.top_k, cfg.top_p)
-    if cfg.temperature > 0:
-        noise = torch.stack([torch.rand(logits.shape[1:], generator=g, dtype=torch.float64) for g in generators])
-        gumbel = -torch.log(-torch.log(noise.clamp(min=1e-300)))
-        chosen = (logits + gumbel).argmax(-1)
-    else:
-        chosen = logits.argmax(-1)
-    logp = torch.log_softmax(logits, -1).gather(-1, chosen[..., None]).squeeze(-1)
-    if cfg.remasking == "low_confidence":  # the model's own (unfiltered) probability, as in LLaDA
-        conf = torch.softmax(raw, -1).gather(-1, chosen[..., None]).squeeze(-1)
-    elif cfg.remasking == "entropy":  # Dream's default: lowest entropy of the sampling distribution first
-        conf = -torch.special.entr(torch.softmax(logits, -1)).sum(-1)
-    elif cfg.remasking == "margin":  # Dream's topk_margin: largest gap between the two most likely tokens
-        top2 = torch.softmax(logits, -1).topk(2, dim=-1).values
-        conf = top2[..., 0] - top2[..., 1]
-    else:
-        conf = torch.stack([torch.rand(raw.shape[1], generator=g, dtype=torch.float64) for g in generators])
-    return chosen, logp, conf
+
+def logits_at(logits_fn, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: slice) -> torch.Tensor:
+    """Position-aligned logits of the positions ``keep`` only: the output head runs there alone when
+    ``logits_fn`` takes transformers' ``logits_to_keep`` (the native families do), else a slice."""
+    try:
+        takes_keep = "logits_to_keep" in inspect.signature(logits_fn).parameters
+    except (TypeError, ValueError):
+        takes_keep = False
+    if takes_keep:
+        return logits_fn(input_ids, attention_mask, logits_to_keep=keep)
+    return logits_fn(input_ids, attention_mask)[:, keep]
+
+
+def _uniforms(generators: list[torch.Generator], spans: list[tuple[int, int]], width: int) -> torch.Tensor:
+    """[n, width] float64 uniforms: row i draws ``end - start`` from its own generator into its span
+    (the positions it can commit), so a row's stream never depends on the rest of the batch."""
+    out = torch.full((len(generators), width), 0.5, dtype=torch.float64)
+    for i, (g, (start, end)) in enumerate(zip(generators, spans)):
+        out[i, start:end] = torch.rand(end - start, generator=g, dtype=torch.float64)
+    return out
+
+
+def _concat(parts: list[SampleOutput]) -> SampleOutput:
+    return SampleOutput(completions=torch.cat([p.completions for p in parts]),
+                        commit_step=torch.cat([p.commit_step for p in parts]),
+                        logprobs=torch.cat([p.logprobs for p in parts]),
+                        nfe=max(p.nfe for p in parts), row_nfe=torch.cat([p.row_nfe for p in parts]))
 
 
 @torch.no_grad()
 def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg: SamplerConfig,
              generators: list[torch.Generator] | None = None, prompt_cache_fns=None) -> SampleOutput:
-    """Sample completions of ``cfg.gen_length`` tokens for token-id ``prompts``.
+    """Sample completions of ``cfg.gen_length`` tokens for token-id ``prompts`` (outputs on the CPU).
 
-    ``logits_fn(input_ids, attention_mask)`` returns position-aligned logits. ``generators`` (one per
-    row) are required when temperature > 0 or remasking is random. Each step runs one forward pass
-    over the rows still decoding; a row's commits and noise draws depend on its own state only.
-    ``prompt_cache_fns`` = (prefill, after_prompt) for ``cfg.prompt_cache``:
+    ``logits_fn(input_ids, attention_mask[, logits_to_keep])`` returns position-aligned logits.
+    ``generators`` (one per row, CPU) are required when temperature > 0 or remasking is random. Each
+    step runs one forward pass over the rows still decoding; a row's commits and noise draws depend
+    on its own state only. ``prompt_cache_fns`` = (prefill, after_prompt) for ``cfg.prompt_cache``:
     ``prefill(ids, mask, prompt_len)`` -> (logits, cache of per-layer (keys, values) [B, H, P', D]) and
     ``after_prompt(ids, mask, cache)`` -> logits of the completion positions, computed over the
     positions after the cache only (``models.adapter.prompt_cache_fns`` builds them for a model)."""
@@ -172,50 +170,79 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
         raise ValueError("sampling with temperature > 0 or random remasking needs one generator per row")
     if cfg.prompt_cache and prompt_cache_fns is None:
         raise ValueError("prompt_cache needs a model that can reuse a prompt's keys and values (tiny, llada, dream)")
+    bs = cfg.batch_size
+    if bs is not None and len(prompts) > bs:
+        return _concat([generate(logits_fn, prompts[i:i + bs], mask_id, pad_id, cfg,
+                                 None if generators is None else generators[i:i + bs], prompt_cache_fns)
+                        for i in range(0, len(prompts), bs)])
     prompt_ids, prompt_mask = left_pad(prompts, pad_id)
-    b, tp, length = len(prompts), prompt_ids.shape[1], cfg.gen_length
+    b, tp, length, blk = len(prompts), prompt_ids.shape[1], cfg.gen_length, cfg.block_length
     x = torch.cat([prompt_ids, torch.full((b, length), mask_id, dtype=torch.long)], dim=1)
     attn = torch.cat([prompt_mask, torch.ones(b, length, dtype=torch.long)], dim=1)
     commit = torch.full((b, length), -1, dtype=torch.long)
     logprobs = torch.zeros(b, length)
     row_nfe = torch.zeros(b, dtype=torch.long)
     active = torch.ones(b, dtype=torch.bool)
-    block_of = torch.arange(length) // cfg.block_length  # block index of every completion position
+    block_of = torch.arange(length) // blk  # block index of every completion position
     plan = _fixed_plan(cfg) if cfg.threshold is None else None
     budget = None  # threshold with a step budget: steps allowed in each block
     if plan is None and cfg.steps is not None:
-        budget = torch.tensor([n for _, _, n in _block_steps(length, cfg.block_length, cfg.steps)])
+        budget = torch.tensor([n for _, _, n in _block_steps(length, blk, cfg.steps)])
         used = torch.zeros(b, dtype=torch.long)  # steps each row has spent in its current block
         row_block = torch.zeros(b, dtype=torch.long)
+    dev = torch.device("cpu")  # the state follows the logits' device after the first pass
     cache = None
     t = 0
-    while bool(active.any()) and (plan is None or t < len(plan)):
+    while plan is None or t < len(plan):
         idx = active.nonzero().squeeze(1)
         n = len(idx)
-        gens = None if generators is None else [generators[i] for i in idx.tolist()]
-        if not cfg.prompt_cache:
-            raw = logits_fn(x[idx], attn[idx])[:, tp:]
-        elif cache is None or (cfg.prompt_cache_refresh and t % cfg.prompt_cache_refresh == 0):
-            # a full pass (every row is active in the first), writing the rows' prompt keys/values
-            raw, fresh = prompt_cache_fns[0](x[idx], attn[idx], tp)
-            raw = raw[:, tp:]
-            if cache is None:
-                cache = fresh
-            else:
-                for (k, v), (fk, fv) in zip(cache, fresh):
-                    k[idx], v[idx] = fk, fv
-        else:
-            raw = prompt_cache_fns[1](x[idx], attn[idx], [(k[idx], v[idx]) for k, v in cache])
-        raw = raw.double().cpu()  # fp64: low-precision Gumbel noise biases sampling
-        chosen, logp, conf = _propose(raw, cfg, mask_id, gens)
+        if n == 0:
+            break
         y = x[idx, tp:]
         masked = y == mask_id
         if plan is None:  # threshold: the row's current block is the one of its first masked position
             current = block_of[masked.int().argmax(1)]
-            eligible = masked & (block_of[None, :] == current[:, None])
+            lo, hi = int(current.min()), int(current.max())
+            ws, we = lo * blk, min((hi + 1) * blk, length)
+            spans = [(c * blk - ws, min((c + 1) * blk, length) - ws) for c in current.tolist()]
+        else:
+            ws, we, n_commit = plan[t]
+            spans = [(0, we - ws)] * n
+        keep = slice(tp + ws, tp + we)
+        if not cfg.prompt_cache:
+            raw = logits_at(logits_fn, x[idx], attn[idx], keep)
+        elif cache is None or (cfg.prompt_cache_refresh and t % cfg.prompt_cache_refresh == 0):
+            # a full pass (every row is active in the first), writing the rows' prompt keys/values
+            raw, fresh = prompt_cache_fns[0](x[idx], attn[idx], tp)
+            raw = raw[:, keep]
+            if cache is None:
+                cache = fresh
+            else:
+                for (k, v), (fk, fv) in zip(cache, fresh):
+                    k[idx.to(k.device)], v[idx.to(v.device)] = fk, fv
+        else:
+            i_c = idx.to(cache[0][0].device)
+            raw = prompt_cache_fns[1](x[idx], attn[idx], [(k[i_c], v[i_c]) for k, v in cache])[:, ws:we]
+        if raw.device != dev:  # first pass: move the decoding state next to the logits
+            dev = raw.device
+            x, attn, commit, logprobs, row_nfe, active, block_of, idx, y, masked = (
+                t_.to(dev) for t_ in (x, attn, commit, logprobs, row_nfe, active, block_of, idx, y, masked))
+            if plan is None:
+                current = current.to(dev)
+                if budget is not None:
+                    budget, used, row_block = budget.to(dev), used.to(dev), row_block.to(dev)
+        gens = None if generators is None else [generators[i] for i in idx.tolist()]
+        u = _uniforms(gens, spans, we - ws) if cfg.temperature > 0 else None
+        chosen, logp, conf = propose(raw, cfg.temperature, cfg.top_k, cfg.top_p, cfg.remasking, mask_id, u)
+        del raw  # before the next forward pass allocates its logits
+        if cfg.remasking == "random":
+            conf = _uniforms(gens, spans, we - ws).to(dev, torch.float32)
+        yw, mw = y[:, ws:we], masked[:, ws:we]
+        if plan is None:
+            eligible = mw & (block_of[None, ws:we] == current[:, None])
             conf = conf.masked_fill(~eligible, float("-inf"))
             select = eligible & (conf > cfg.threshold)
-            select[torch.arange(n), conf.argmax(1)] = True
+            select[torch.arange(n, device=dev), conf.argmax(1)] = True
             if budget is not None:  # the fixed schedule's count as a floor: ceil(remaining / steps left)
                 used[idx] = torch.where(current == row_block[idx], used[idx], 0)
                 row_block[idx] = current
@@ -225,21 +252,19 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
                 select |= eligible & (rank < floor[:, None])
                 used[idx] += 1
         else:
-            start, end, n_commit = plan[t]
-            in_block = (torch.arange(length) >= start) & (torch.arange(length) < end)
-            conf = conf.masked_fill(~(masked & in_block), float("-inf"))
-            select = torch.zeros_like(masked)
+            conf = conf.masked_fill(~mw, float("-inf"))
+            select = torch.zeros_like(mw)
             if n_commit > 0:  # same count for every row: all rows share the fixed schedule
                 select.scatter_(1, conf.topk(n_commit, dim=-1).indices, True)
         step = row_nfe[idx][:, None]
-        y = torch.where(select, chosen, y)
-        commit[idx] = torch.where(select, step, commit[idx])
-        logprobs[idx] = torch.where(select, logp.float(), logprobs[idx])
+        y[:, ws:we] = torch.where(select, chosen, yw)
+        commit[idx, ws:we] = torch.where(select, step, commit[idx, ws:we])
+        logprobs[idx, ws:we] = torch.where(select, logp, logprobs[idx, ws:we])
         row_nfe[idx] += 1
         masked = y == mask_id
-        finished = ~masked.any(1) if plan is None else torch.zeros(n, dtype=torch.bool)
+        finished = ~masked.any(1) if plan is None else torch.zeros(n, dtype=torch.bool, device=dev)
         if cfg.eos_id is not None:  # early stop: EOS in a block before every remaining masked position
-            far = torch.tensor(length)
+            far = torch.tensor(length, device=dev)
             first_eos = torch.where(y == cfg.eos_id, block_of, far).min(1).values
             first_masked = torch.where(masked, block_of, far).min(1).values
             stop = masked.any(1) & (first_eos < first_masked)
@@ -251,5 +276,5 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
         x[idx, tp:] = y
         active[idx[finished]] = False
         t += 1
-    return SampleOutput(completions=x[:, tp:].clone(), commit_step=commit, logprobs=logprobs,
-                        nfe=int(row_nfe.max()), row_nfe=row_nfe)
+    return SampleOutput(completions=x[:, tp:].cpu(), commit_step=commit.cpu(), logprobs=logprobs.cpu(),
+                        nfe=int(row_nfe.max()), row_nfe=row_nfe.cpu())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -34,14 +35,28 @@ class ModelAdapter:
 
     # -- forward ------------------------------------------------------------------------------
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Position-aligned logits [B, T, V] of ``model`` (default: the policy)."""
+               model: torch.nn.Module | None = None, logits_to_keep: int | slice = 0) -> torch.Tensor:
+        """Position-aligned logits [B, T, V] of ``model`` (default: the policy), or of the positions
+        ``logits_to_keep`` names (an int n: the last n, 0 = all; or a slice of positions). Native
+        models run their output head on those positions only; others are sliced afterwards."""
         model = model or self.model
         device = next(model.parameters()).device
         attention_mask = None if attention_mask is None else attention_mask.to(device)
-        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask).logits
-        if self.shift_logits:  # prediction for position k is read at k-1; position 0 has none
-            out = torch.cat([out[:, :1], out[:, :-1]], dim=1)
+        t = input_ids.shape[1]
+        if isinstance(logits_to_keep, int):
+            start, stop = (t - logits_to_keep, t) if 0 < logits_to_keep <= t else (0, t)
+        else:
+            start, stop, _ = logits_to_keep.indices(t)
+        if self.shift_logits:  # prediction for position k is read at k-1; position 0 reads its own
+            raw = slice(max(start - 1, 0), max(stop - 1, 1))
+        else:
+            raw = slice(start, stop)
+        kwargs = {"logits_to_keep": raw} if (start, stop) != (0, t) and takes_logits_to_keep(model) else {}
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask, **kwargs).logits
+        if not kwargs:
+            out = out[:, raw]
+        if self.shift_logits and start == 0:
+            out = torch.cat([out[:, :1], out], dim=1)[:, :stop]
         return out
 
     def prompt_cache_fns(self):
@@ -59,10 +74,12 @@ class ModelAdapter:
                 raise ValueError(f"rollout.prompt_cache needs a native model (tiny, llada, dream), not {self.name}")
         return prompt_cache_fns(model, self.shift_logits)
 
-    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def reference_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                         logits_to_keep: int | slice = 0) -> torch.Tensor:
         """Logits of the frozen reference policy: the LoRA base with adapters off, or a frozen copy."""
         with self.reference():
-            return self.logits(input_ids, attention_mask, model=self.reference_model or self.model)
+            return self.logits(input_ids, attention_mask, model=self.reference_model or self.model,
+                               logits_to_keep=logits_to_keep)
 
     @contextlib.contextmanager
     def reference(self):
@@ -105,6 +122,22 @@ class ModelAdapter:
                 ids = ids[:i]
                 break
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP/FSDP (``.module``) and peft (``.get_base_model()``) wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes transformers' ``logits_to_keep`` (wrappers pass it through)."""
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
 def prompt_cache_fns(model: torch.nn.Module, shift_logits: bool = False):

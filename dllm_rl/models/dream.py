@@ -31,7 +31,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import PromptCacheMixin, RMSNorm, apply_rotary, attention, extend_kv, key_mask, positions, rotary
+from .layers import PromptCacheMixin, RMSNorm, apply_rotary, attention, extend_kv, head_positions, key_mask, positions, rotary
 
 
 class DreamConfig(PretrainedConfig):
@@ -168,12 +168,13 @@ class DreamModel(PromptCacheMixin, PreTrainedModel):
             nn.init.ones_(module.weight)
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, **_) -> MaskedLMOutput:
+                position_ids: torch.LongTensor | None = None, logits_to_keep: int | slice | torch.Tensor = 0,
+                **_) -> MaskedLMOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return MaskedLMOutput(logits=self._run(input_ids, attention_mask, position_ids)[0])
+        return MaskedLMOutput(logits=self._run(input_ids, attention_mask, position_ids, logits_to_keep=logits_to_keep)[0])
 
-    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
+    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0, logits_to_keep=0):
         """Raw (unshifted) logits of ``input_ids`` (the last positions of ``attention_mask`` when a
         cached ``prefix`` precedes them) and, with ``keep``, every layer's (keys, values) of the first
         ``keep`` positions."""
@@ -187,6 +188,6 @@ class DreamModel(PromptCacheMixin, PreTrainedModel):
         for i, layer in enumerate(m.layers):
             h, kv = layer(h, cos, sin, mask, None if prefix is None else prefix[i], keep)
             kept.append(kv)
-        h = m.norm(h)
+        h = m.norm(h[:, head_positions(logits_to_keep)])
         logits = F.linear(h, m.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
         return logits, (kept if keep else None)

@@ -34,6 +34,15 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def head_positions(logits_to_keep: int | slice | torch.Tensor) -> slice | torch.Tensor:
+    """The positions the output head runs on, by transformers' ``logits_to_keep`` convention: an int
+    n keeps the last n (0 = all), a slice or a 1-d index tensor names them. At a 126k vocabulary the
+    head's logits over a whole prompt cost more memory than the model's activations."""
+    if isinstance(logits_to_keep, int):
+        return slice(-logits_to_keep, None) if logits_to_keep > 0 else slice(None)
+    return logits_to_keep
+
+
 def rotary(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 cos/sin [B, 1, T, head_dim] of the rotate-half RoPE convention that LLaDA and Qwen2 share.
     Computed on the fly (no buffer): transformers' meta-device loading leaves non-persistent buffers

@@ -31,7 +31,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import PromptCacheMixin, RMSNorm, apply_rotary, attention, extend_kv, key_mask, positions, rotary
+from .layers import PromptCacheMixin, RMSNorm, apply_rotary, attention, extend_kv, head_positions, key_mask, positions, rotary
 
 
 class LLaDAConfig(PretrainedConfig):
@@ -194,12 +194,13 @@ class LLaDAModelLM(PromptCacheMixin, PreTrainedModel):
                 nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, **_) -> MaskedLMOutput:
+                position_ids: torch.LongTensor | None = None, logits_to_keep: int | slice | torch.Tensor = 0,
+                **_) -> MaskedLMOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return MaskedLMOutput(logits=self._run(input_ids, attention_mask, position_ids)[0])
+        return MaskedLMOutput(logits=self._run(input_ids, attention_mask, position_ids, logits_to_keep=logits_to_keep)[0])
 
-    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
+    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0, logits_to_keep=0):
         """Logits of ``input_ids`` (the last positions of ``attention_mask`` when a cached ``prefix``
         precedes them) and, with ``keep``, every block's (keys, values) of the first ``keep`` positions."""
         c, tr = self.config, self.model.transformer
@@ -212,6 +213,6 @@ class LLaDAModelLM(PromptCacheMixin, PreTrainedModel):
         for i, block in enumerate(tr["blocks"]):
             h, kv = block(h, cos, sin, mask, None if prefix is None else prefix[i], keep)
             kept.append(kv)
-        h = tr["ln_f"](h)
+        h = tr["ln_f"](h[:, head_positions(logits_to_keep)])
         logits = F.linear(h, tr["wte"].weight) if c.weight_tying else tr["ff_out"](h)
         return logits, (kept if keep else None)

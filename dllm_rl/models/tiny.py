@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.modeling_outputs import MaskedLMOutput
 
-from .layers import PromptCacheMixin, extend_kv, positions
+from .layers import PromptCacheMixin, extend_kv, head_positions, positions
 
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<eos>", "<unk>")
 CHARS = tuple(chr(i) for i in range(32, 127)) + ("\n",)
@@ -76,6 +76,7 @@ class _Block(nn.Module):
         b, t, d = h.shape
         x = self.attn_norm(h)
         q, k, v = (p(x).view(b, t, self.num_heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # bf16 weights: rotate in the model's dtype
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         k, v, kept = extend_kv(k, v, prefix_kv, keep)
@@ -123,15 +124,17 @@ class TinyDLM(PromptCacheMixin, PreTrainedModel):
                     p.copy_(torch.randn(p.shape, generator=generator) * std)
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, **_) -> MaskedLMOutput:
-        """Logits for every position. Padding (attention_mask == 0) is hidden from every query and
-        positions count from the first real token, so a left-padded row equals the row alone."""
+                position_ids: torch.LongTensor | None = None, logits_to_keep: int | slice | torch.Tensor = 0,
+                **_) -> MaskedLMOutput:
+        """Logits for every position (or those ``logits_to_keep`` names). Padding (attention_mask == 0) is
+        hidden from every query and positions count from the first real token, so a left-padded row
+        equals the row alone."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        logits, _ = self._run(input_ids, attention_mask, position_ids)
+        logits, _ = self._run(input_ids, attention_mask, position_ids, logits_to_keep=logits_to_keep)
         return MaskedLMOutput(logits=logits)
 
-    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0):
+    def _run(self, input_ids, attention_mask, position_ids=None, prefix=None, keep=0, logits_to_keep=0):
         """Logits of ``input_ids``; ``attention_mask`` covers the cached ``prefix`` positions and these."""
         if position_ids is None:
             position_ids = positions(attention_mask)[:, attention_mask.shape[1] - input_ids.shape[1]:]
@@ -144,4 +147,4 @@ class TinyDLM(PromptCacheMixin, PreTrainedModel):
         for i, layer in enumerate(self.layers):
             h, kv = layer(h, cos, sin, attn_mask, None if prefix is None else prefix[i], keep)
             kept.append(kv)
-        return self.lm_head(self.norm(h)), (kept if keep else None)
+        return self.lm_head(self.norm(h[:, head_positions(logits_to_keep)])), (kept if keep else None)

@@ -43,6 +43,11 @@ class RolloutBatch:
                   if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **sliced)
 
+    def to(self, device: torch.device | str) -> "RolloutBatch":
+        """The batch with every tensor on ``device`` (the model's, so losses never mix devices)."""
+        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+                                if isinstance(getattr(self, f.name), torch.Tensor)})
+
     def micro_batches(self, size: int):
         """Consecutive micro-batches of at most ``size`` rows."""
         n = self.completion_ids.shape[0]

@@ -586,3 +586,39 @@ def test_early_stop_waits_for_the_eos_block_to_finish_and_changes_nothing_withou
     out = generate(eos_in_middle, [[4]], MASK, PAD, SamplerConfig(**cfg, eos_id=EOS))
     assert out.completions.tolist() == [[3] * 4 + [EOS] + [3] * 3 + [EOS] * 4]  # stops after block 2
     assert out.nfe == 4
+
+
+# -- real-scale bookkeeping: batches of rows, logits of the current block only --------------------
+
+@pytest.mark.parametrize("threshold", [None, 0.6])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_rollout_batch_size_does_not_change_completions(logits_fn, threshold, batch_size):
+    base = dict(gen_length=12, steps=6, block_length=4, temperature=1.0, threshold=threshold)
+    whole = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**base), gens([1, 2, 3, 4]))
+    split = generate(logits_fn, PROMPTS, MASK, PAD, SamplerConfig(**base, batch_size=batch_size), gens([1, 2, 3, 4]))
+    assert torch.equal(whole.completions, split.completions) and torch.equal(whole.commit_step, split.commit_step)
+    assert torch.allclose(whole.logprobs, split.logprobs, atol=1e-5) and torch.equal(whole.row_nfe, split.row_nfe)
+    with pytest.raises(ValueError, match="batch_size"):
+        SamplerConfig(batch_size=0)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.6])
+def test_the_model_is_asked_for_the_current_block_only(model, logits_fn, threshold):
+    """A logits function that takes ``logits_to_keep`` gets the positions of the block(s) the active
+    rows are decoding, and the completions equal those from full logits."""
+    asked = []
+
+    def keeping(ids, attn, logits_to_keep=0):
+        asked.append((ids.shape[1], logits_to_keep))
+        return model(input_ids=ids, attention_mask=attn, logits_to_keep=logits_to_keep).logits
+
+    cfg = SamplerConfig(gen_length=12, steps=6, block_length=4, temperature=1.0, threshold=threshold)
+    kept = generate(keeping, PROMPTS, MASK, PAD, cfg, gens([1, 2, 3, 4]))
+    full = generate(logits_fn, PROMPTS, MASK, PAD, cfg, gens([1, 2, 3, 4]))
+    assert torch.equal(kept.completions, full.completions) and torch.equal(kept.commit_step, full.commit_step)
+    tp = max(map(len, PROMPTS))
+    for width, keep in asked:
+        assert isinstance(keep, slice) and width == tp + 12
+        assert (keep.start - tp) % 4 == 0 and keep.stop - keep.start <= (4 if threshold is None else 12)
+    if threshold is None:  # the fixed schedule: exactly one block per pass, in order
+        assert [k.start - tp for _, k in asked] == [0, 0, 4, 4, 8, 8]

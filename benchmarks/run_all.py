@@ -176,6 +176,12 @@ def main(argv=None):
     speed_data, acc_data = read_json("speed"), read_json("threshold_accuracy")
     if speed_data:
         sections.append("## Speed: sampler, policy update, FLOP model\n\n" + speed_section(speed_data))
+    scale = read_json("sampler_scale")
+    if scale:
+        from benchmarks.sampler_scale import section as scale_section
+        sections.append(scale_section(scale))
+    from benchmarks.gpu import section as gpu_section
+    sections.append(gpu_section(read_json("gpu")))
     if acc_data:
         sections.append("## Cheaper rollouts: accuracy of threshold decoding (tiny model)\n\n" + accuracy_section(acc_data))
     for task, *spec in RL_SECTIONS:

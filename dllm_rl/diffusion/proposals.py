@@ -96,17 +96,24 @@ def _propose_rows(raw: torch.Tensor, temperature: float, top_k: int | None, top_
 
 
 def propose(raw: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, remasking: str,
-            mask_id: int, uniforms: torch.Tensor | None = None, work_bytes: int | None = None):
+            mask_id: int, uniforms: torch.Tensor | None = None, where: torch.Tensor | None = None,
+            work_bytes: int | None = None):
     """Token choice (argmax at temperature 0, else an exact draw at ``uniforms``), its float32 log-prob
-    under the sampling distribution, and the remasking confidence, each [n, W], from logits
-    [n, W, V] of any dtype. Rows of (row, position) pairs go through in chunks of ``work_bytes``."""
+    under the sampling distribution, and the remasking confidence, each [n, W], from logits [n, W, V]
+    of any dtype; only at the positions ``where`` [n, W] is True (those still masked; elsewhere token
+    0, log-prob 0, confidence -inf). Positions go through in chunks of ``work_bytes`` of float32."""
     n, w, v = raw.shape
+    dev = raw.device
     flat = raw.reshape(n * w, v)
-    u = None if uniforms is None else uniforms.reshape(n * w).to(raw.device)
-    work = work_bytes or WORK_BYTES.get(raw.device.type, WORK_BYTES["cuda"])
-    step = max(1, work // (4 * v))
-    parts = [_propose_rows(flat[i:i + step], temperature, top_k, top_p, remasking, mask_id,
-                           None if u is None else u[i:i + step]) for i in range(0, n * w, step)]
-    return tuple(torch.cat(t).view(n, w) for t in zip(*parts)) if parts else (
-        torch.zeros(n, w, dtype=torch.long, device=raw.device), torch.zeros(n, w, device=raw.device),
-        torch.zeros(n, w, device=raw.device))
+    u = None if uniforms is None else uniforms.reshape(n * w).to(dev)
+    todo = torch.arange(n * w, device=dev) if where is None else where.reshape(n * w).nonzero().squeeze(1)
+    chosen = torch.zeros(n * w, dtype=torch.long, device=dev)
+    logp = torch.zeros(n * w, device=dev)
+    conf = torch.full((n * w,), float("-inf"), device=dev)
+    step = max(1, (work_bytes or WORK_BYTES.get(dev.type, WORK_BYTES["cuda"])) // (4 * v))
+    for i in range(0, len(todo), step):
+        at = todo[i:i + step]
+        c, lp, cf = _propose_rows(flat.index_select(0, at), temperature, top_k, top_p, remasking, mask_id,
+                                  None if u is None else u.index_select(0, at))
+        chosen[at], logp[at], conf[at] = c, lp, cf
+    return chosen.view(n, w), logp.view(n, w), conf.view(n, w)

@@ -232,14 +232,14 @@ def generate(logits_fn, prompts: list[list[int]], mask_id: int, pad_id: int, cfg
                 if budget is not None:
                     budget, used, row_block = budget.to(dev), used.to(dev), row_block.to(dev)
         gens = None if generators is None else [generators[i] for i in idx.tolist()]
+        yw, mw = y[:, ws:we], masked[:, ws:we]
+        eligible = mw if plan is not None else mw & (block_of[None, ws:we] == current[:, None])
         u = _uniforms(gens, spans, we - ws) if cfg.temperature > 0 else None
-        chosen, logp, conf = propose(raw, cfg.temperature, cfg.top_k, cfg.top_p, cfg.remasking, mask_id, u)
+        chosen, logp, conf = propose(raw, cfg.temperature, cfg.top_k, cfg.top_p, cfg.remasking, mask_id, u, eligible)
         del raw  # before the next forward pass allocates its logits
         if cfg.remasking == "random":
             conf = _uniforms(gens, spans, we - ws).to(dev, torch.float32)
-        yw, mw = y[:, ws:we], masked[:, ws:we]
         if plan is None:
-            eligible = mw & (block_of[None, ws:we] == current[:, None])
             conf = conf.masked_fill(~eligible, float("-inf"))
             select = eligible & (conf > cfg.threshold)
             select[torch.arange(n, device=dev), conf.argmax(1)] = True

@@ -19,6 +19,8 @@ GB = 1e9
 G, PROMPTS, L, MU, M, R = 6, 16, 256, 8, 2, 128
 K = L // 2
 MICRO = 8  # optim.micro_batch_size of the recipes; each row is scored as 2 coupled copies
+BLOCK = {"llada": 32, "dream": 256}  # the recipes' semi-autoregressive blocks (Dream: one block, pure diffusion)
+SAMPLER_WORK = 3 * 2**28  # at most about three float32 chunks of dllm_rl.diffusion.proposals.WORK_BYTES on a GPU
 # Chat prompt lengths in tokens (characters / 4 + ~15 template tokens; the released tokenizers are
 # not available here, so these are estimates too).
 PROMPT_TOKENS = {"countdown": 110, "sudoku": 220}
@@ -61,10 +63,13 @@ def estimate(name: str, task: str):
         "LoRA params + grads + AdamW (fp32)": 16 * lora,
         "checkpointed layer inputs": seqs * d * hidden * 2 * layers,
         "one layer recomputed": seqs * d * ffn * 2 * 4,
-        "completion logits, fp32 log-softmax and grads": seqs * L * vocab * (2 + 4 + 4 + 4),
+        # bf16 completion logits of each of the M passes, kept for the backward; one pass's bf16 logit
+        # gradient; one float32 chunk of the chunked log-probs (dllm_rl.diffusion.logprobs)
+        "completion logits (bf16, M passes) + one gradient + log-prob chunk": seqs * L * vocab * 2 * (M + 1) + 2**26,
     }
-    rollout_logits = samples * d * vocab * 2
-    return n, lora, d, paper * samples, ours * samples, mem, rollout_logits, samples * L * vocab * 8
+    block = BLOCK[name]
+    rollout_logits = samples * block * vocab * 2  # the head runs on the current block only
+    return n, lora, d, paper * samples, ours * samples, mem, rollout_logits, block
 
 
 def main():
@@ -73,17 +78,18 @@ def main():
     print("|" + "---|" * (7 + len(GPUS)))
     for name, label in (("llada", "LLaDA-8B-Instruct"), ("dream", "Dream-v0-Instruct-7B")):
         for task in PROMPT_TOKENS:
-            n, lora, d, paper, ours, mem, rollout, host = estimate(name, task)
+            n, lora, d, paper, ours, mem, rollout, block = estimate(name, task)
             peak = sum(mem.values())
             times = [f"~{ours / (peak_flops * MFU) / 60:.0f} min" for peak_flops in GPUS.values()]
             print(f"| {label}, {task} | {n / 1e9:.2f} B | {lora / 1e6:.0f} M | {d} | {paper:.2e} | {ours:.2e} "
                   f"| ~{peak / GB:.0f} GB | " + " | ".join(times) + " |")
-    n, lora, d, paper, ours, mem, rollout, host = estimate("llada", "countdown")
-    print("\nLLaDA-8B, Countdown, memory terms:")
-    for k, v in mem.items():
-        print(f"- {k}: {v / GB:.1f} GB")
-    print(f"- rollout logits of all {G * PROMPTS} rows at once (bf16, no grad): {rollout / GB:.1f} GB")
-    print(f"- the sampler's fp64 host copy of the completion logits per denoising step: {host / GB:.1f} GB")
+    for name in ("llada", "dream"):
+        n, lora, d, paper, ours, mem, rollout, block = estimate(name, "countdown")
+        print(f"\n{name}, Countdown, memory terms:")
+        for k, v in mem.items():
+            print(f"- {k}: {v / GB:.1f} GB")
+        print(f"- rollout logits of all {G * PROMPTS} rows at once, head on the current block of {block} (bf16, no grad): "
+              f"{rollout / GB:.1f} GB, plus the sampler's float32 working set (at most ~{SAMPLER_WORK / GB:.1f} GB)")
 
 
 if __name__ == "__main__":

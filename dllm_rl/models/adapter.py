@@ -46,7 +46,9 @@ class ModelAdapter:
         if isinstance(logits_to_keep, int):
             start, stop = (t - logits_to_keep, t) if 0 < logits_to_keep <= t else (0, t)
         else:
-            start, stop, _ = logits_to_keep.indices(t)
+            start, stop, step = logits_to_keep.indices(t)
+            if step != 1:
+                raise ValueError(f"logits_to_keep must be an int or a slice of consecutive positions, got {logits_to_keep}")
         if self.shift_logits:  # prediction for position k is read at k-1; position 0 reads its own
             raw = slice(max(start - 1, 0), max(stop - 1, 1))
         else:

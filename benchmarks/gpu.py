@@ -55,7 +55,7 @@ RECIPE = dict(rows=96, steps=128, micro_batch=8, mu=8, num_mc=2, beta=1e-3, lr=3
 SAMPLING = {"llada": dict(block_length=32, remasking="low_confidence"),
             "dream": dict(block_length=256, remasking="entropy")}
 # docs/models.md, "Recipes and expected cost per step (ESTIMATE)", countdown rows, H100 80GB.
-DOCS_ESTIMATE = {"llada": dict(step_min=7, peak_gb=31), "dream": dict(step_min=6, peak_gb=31)}
+DOCS_ESTIMATE = {"llada": dict(step_min=7, peak_gb=27), "dream": dict(step_min=6, peak_gb=26)}
 # Measured shapes. Real: prompts of 100-110 tokens left-padded to 110 (real batches are padded, so
 # attention runs its masked kernel as in training). Smoke: same code path, tiny models on CPU.
 REAL = dict(prompt=110, gen_length=256, forward_rows=32, rollout_rows=8, rollout_steps=8, micro_batch=8,

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from dllm_rl.errors import UsageError
-from dllm_rl.sandbox import Job, Limits, Sandbox, WeakIsolation
+from dllm_rl.sandbox import Job, Limits, RootRefused, Sandbox, WeakIsolation
 from dllm_rl.task import EvalProtocol, Example, Task, TaskConfig, check_style
 
 from .code_extract import PYTHON_TAGS, fenced_blocks, normalize, parses
@@ -88,6 +88,8 @@ class CodeTask(Task):
                 sandbox.isolation
             except WeakIsolation as exc:
                 raise UsageError(f"{exc} (task option: --set task.allow_weak_isolation=true)") from None
+            except RootRefused as exc:
+                raise UsageError(str(exc)) from None
             self._sandbox = sandbox
         return self._sandbox
 

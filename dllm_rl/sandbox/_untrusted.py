@@ -1,11 +1,13 @@
 """The program process: locks itself down, then loads the untrusted program and serves calls into it.
 
 Run by the harness as ``python _untrusted.py REQUEST_FD REPLY_FD CONFIG_JSON``, usually inside fresh
-user/network/pid namespaces. Before any untrusted code runs it joins its pids cgroup (if given),
-sets its resource limits, and enforces Landlock. It then answers requests from the harness: load
-the program, call a function, read an attribute, and a few container operations. It replies with
-plain data only (or opaque handles for other objects); it never sees the tests, the expected
-values, or the harness's completion nonce, so nothing the program does here can forge a verdict."""
+user/network/pid/mount namespaces. Before any untrusted code runs it joins its job's cgroups (if
+given), makes its working folder a size-capped tmpfs (in its own mount namespace only), sets its
+resource limits, gives up every privilege (``_privileges``), and enforces Landlock and seccomp. It
+then answers requests from the harness: load the program, call a function, read an attribute, and a
+few container operations. It replies with plain data only (or opaque handles for other objects); it
+never sees the tests, the expected values, or the harness's completion nonce, so nothing the
+program does here can forge a verdict."""
 import builtins
 import ctypes
 import itertools
@@ -17,11 +19,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _landlock  # noqa: E402
+import _privileges  # noqa: E402
 import _seccomp  # noqa: E402
 import _wire  # noqa: E402
 
 MAX_ITEMS = 100_000
 PR_SET_PDEATHSIG = 1
+MS_NOSUID, MS_NODEV = 2, 4
 
 
 def _limit(kind: int, value: int) -> None:
@@ -34,20 +38,25 @@ def _limit(kind: int, value: int) -> None:
 
 
 def lock_down(cfg: dict) -> dict:
-    """Everything that must happen before untrusted code runs; returns what is in force."""
+    """Everything that must happen before untrusted code runs, in this order (the first steps need the
+    privileges the later ones give up); returns what is in force."""
     report = {}
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if cfg.get("cgroup"):
-        with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as fh:
+    for folder in cfg.get("cgroups") or []:  # before any memory is charged or process forked
+        with open(os.path.join(folder, "cgroup.procs"), "w") as fh:
             fh.write("0")
-        report["cgroup"] = True
+    report["cgroup"] = bool(cfg.get("cgroups"))
+    report["tmpfs"] = bool(cfg.get("tmpfs")) and _mount_tmpfs(cfg)
+    os.chdir(cfg["workdir"])  # after the mount: the tmpfs, not the folder beneath it
     mb = 1 << 20
     _limit(resource.RLIMIT_AS, cfg["memory_mb"] * mb)
     _limit(resource.RLIMIT_CPU, cfg["cpu_seconds"])
-    _limit(resource.RLIMIT_NPROC, cfg["max_processes"])
+    if cfg.get("rlimit_nproc", True):
+        _limit(resource.RLIMIT_NPROC, cfg["max_processes"])
     _limit(resource.RLIMIT_FSIZE, cfg["max_file_mb"] * mb)
     _limit(resource.RLIMIT_NOFILE, 256)
     _limit(resource.RLIMIT_CORE, 0)
+    report.update(_privileges.drop(cfg.get("uid")))
     report["interfaces"] = _interfaces()
     report["pid"] = os.getpid()
     if cfg.get("landlock"):
@@ -56,10 +65,27 @@ def lock_down(cfg: dict) -> dict:
     if cfg.get("seccomp"):
         _seccomp.restrict(block_sockets=not own_network)
         report["seccomp"] = True
-    elif not report.get("tcp") and not own_network:
+    else:
         _refuse_sockets()
         report["socket_patch"] = True
     return report
+
+
+def _mount_tmpfs(cfg: dict) -> bool:
+    """Mount a tmpfs of the job's disk size over the working folder: writes beyond it fail (ENOSPC) and
+    never reach the host's disk; its pages count against the job's memory cgroup. Only in a mount
+    namespace of this job's own (never the caller's); False if the kernel refuses."""
+    try:
+        if os.readlink("/proc/self/ns/mnt") == cfg["caller_mount_ns"]:
+            return False
+    except (OSError, KeyError):
+        return False
+    mb = cfg["tmpfs"]
+    options = f"size={mb}m,nr_inodes={max(1024, mb * 256)},mode=0700"
+    if cfg.get("uid") is not None:
+        options += f",uid={cfg['uid']},gid={cfg['uid']}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.mount(b"tmpfs", cfg["workdir"].encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()) == 0
 
 
 def _interfaces() -> list[str]:
@@ -72,8 +98,9 @@ def _interfaces() -> list[str]:
 
 
 def _refuse_sockets() -> None:
-    """Last resort without a network namespace, Landlock TCP rules or seccomp: refuse new sockets in Python.
-    A program that reaches the OS another way (ctypes) is not stopped; the isolation report says so."""
+    """Last resort without seccomp: refuse new sockets in Python (UNIX-domain ones would reach host
+    services even from a network namespace). A program that reaches the OS another way (ctypes) is not
+    stopped; the isolation report says so."""
     def refuse(*_, **__):
         raise PermissionError("network access is disabled in the sandbox")
 
@@ -202,7 +229,6 @@ def _safe_str(exc) -> str:
 
 def main() -> None:
     rfd, wfd, cfg = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
-    os.chdir(cfg["workdir"])
     sys.path.extend(p for p in cfg.get("sys_path", []) if p not in sys.path)
     report = lock_down(cfg)
     _wire.send(wfd, {"ready": report})

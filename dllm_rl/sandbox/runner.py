@@ -1,6 +1,7 @@
 """Run untrusted programs against trusted tests: one harness process and one locked-down program
 process per job, a wall-clock deadline that kills both process groups (and the program's pid
-namespace and cgroup), a fresh temporary folder deleted afterwards, and a bounded worker pool.
+namespace and cgroups), a fresh temporary folder deleted afterwards, limits on the memory, processes
+and disk of the whole job, and a bounded worker pool.
 
 A job passes a test only if the harness process itself reported the test as passed, in a message
 carrying the job's random nonce, through a pipe the program process never holds; exit codes and
@@ -26,17 +27,23 @@ from pathlib import Path
 from typing import Any
 
 from . import _wire
-from .isolation import Isolation, probe
+from .isolation import Isolation, probe, read_paths
 
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "_harness.py"
 UNTRUSTED = HERE / "_untrusted.py"
 MAX_RESULT_BYTES = 64 << 20
 GRACE_SECONDS = 5.0
+DISK_POLL_SECONDS = 0.02
+ALLOW_ROOT_ENV = "DLLM_RL_SANDBOX_ALLOW_ROOT"
 
 
 class WeakIsolation(RuntimeError):
     """The host cannot contain untrusted programs well enough for the requested strictness."""
+
+
+class RootRefused(RuntimeError):
+    """Programs would run as uid 0 of the host and the caller did not allow it."""
 
 
 @dataclass
@@ -51,10 +58,16 @@ class Limits:
     """Seconds the program process may take to start before the job is abandoned."""
     cpu_seconds: int = 10
     memory_mb: int = 1024
-    """Address-space limit of the program process (RLIMIT_AS)."""
+    """Address-space limit of each process of the program (RLIMIT_AS)."""
+    job_memory_mb: int | None = None
+    """Memory of the whole job: all its processes and its tmpfs working folder together (a memory
+    cgroup, where one can be made); None: ``memory_mb``."""
     max_processes: int = 32
+    """Processes of the whole job (a pids cgroup, else RLIMIT_NPROC)."""
     max_file_mb: int = 16
     """Largest file the program may write, its captured stdout/stderr included (RLIMIT_FSIZE)."""
+    max_disk_mb: int = 64
+    """Everything the job writes in its working folder together (see ``Isolation.describe()["disk"]``)."""
     max_output_bytes: int = 4096
     """How much of the program's stdout/stderr the verdict keeps."""
     max_restarts: int = 2
@@ -93,7 +106,7 @@ class Verdict:
     passed: list[bool]
     """Per test: True only if the harness reported it passed, with the right nonce."""
     status: str
-    """ok | load_error (program failed to load) | crashed | timeout | harness_error | no_verdict."""
+    """ok | load_error (program failed to load) | crashed | timeout | disk_limit | harness_error | no_verdict."""
     completed: bool
     """The harness delivered a verdict with the right nonce before the deadline."""
     outputs: list[Any] = field(default_factory=list)
@@ -146,19 +159,40 @@ def _kill_group(pgid: int) -> None:
 
 
 class _Cgroup:
-    """A pids cgroup for one job: caps the number of processes and finds every survivor."""
+    """The cgroups of one job (one folder on cgroup v2, one per controller on v1): cap the processes
+    (pids.max) and memory (memory.max without swap; the whole job is OOM-killed together on v2) of
+    the job's whole process tree, and find every survivor."""
 
-    def __init__(self, root: str, max_processes: int):
-        self.path = Path(root) / f"job-{uuid.uuid4().hex}"
-        self.path.mkdir()
-        (self.path / "pids.max").write_text(str(max_processes))
+    def __init__(self, parents: list[str], max_processes: int, memory_bytes: int):
+        name = f"dllm-rl-job-{uuid.uuid4().hex}"
+        self.paths: list[Path] = []
+        limits = [("pids.max", max_processes), ("memory.max", memory_bytes), ("memory.swap.max", 0),
+                  ("memory.oom.group", 1), ("memory.limit_in_bytes", memory_bytes),
+                  ("memory.memsw.limit_in_bytes", memory_bytes)]  # v1 needs limit_in_bytes before memsw
+        try:
+            for parent in dict.fromkeys(parents):
+                path = Path(parent) / name
+                path.mkdir()
+                self.paths.append(path)
+                for file, value in limits:
+                    if (path / file).exists():
+                        (path / file).write_text(str(value))
+        except OSError:
+            self.remove()
+            raise
+
+    def _pids(self) -> set[int]:
+        pids = set()
+        for path in self.paths:
+            try:
+                pids.update(int(p) for p in (path / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return pids
 
     def kill_all(self) -> None:
         for _ in range(50):
-            try:
-                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-            except OSError:
-                return
+            pids = self._pids()
             if not pids:
                 return
             for pid in pids:
@@ -168,27 +202,94 @@ class _Cgroup:
                     pass
             time.sleep(0.01)
 
+    def oom_kills(self) -> int:
+        """Processes the kernel killed for exceeding the job's memory (v2 memory.events, v1 memory.oom_control)."""
+        kills = 0
+        for path in self.paths:
+            for file in ("memory.events", "memory.oom_control"):
+                try:
+                    for line in (path / file).read_text().splitlines():
+                        key, _, value = line.partition(" ")
+                        kills += int(value) if key == "oom_kill" else 0
+                except (OSError, ValueError):
+                    pass
+        return kills
+
     def remove(self) -> None:
         self.kill_all()
-        for _ in range(100):
+        for path in self.paths:
+            for _ in range(100):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # the last processes are still being reaped
+                    time.sleep(0.02)
+
+
+def _disk_usage(folder: Path, limit: int) -> int:
+    """Bytes used beneath ``folder`` (stopping once past ``limit``). Each entry counts at least 4 KiB,
+    so that a flood of empty files counts too; a folder that stays unreadable counts as over the limit."""
+    total, stack = 0, [folder]
+    while stack and total <= limit:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except FileNotFoundError:
+            continue
+        except PermissionError:
             try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:  # the last processes are still being reaped
-                time.sleep(0.02)
+                os.chmod(current, stat.S_IRWXU)
+                entries = list(os.scandir(current))
+            except OSError:
+                return limit + 1
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += max(info.st_blocks * 512, 4096)
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(Path(entry.path))
+    return total
 
 
-def _read_paths(own_proc: bool) -> list[str]:
-    """Folders the program may read beneath: the Python installation and system libraries, and
-    /proc when it is the program's own (a pid namespace); never $HOME, /tmp or the project."""
-    paths = {"/proc"} if own_proc else set()
-    paths |= {"/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/localtime",
-             "/dev/urandom", "/dev/random", "/dev/zero", sys.prefix, sys.base_prefix, sys.exec_prefix,
-             sys.base_exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(site.getsitepackages())
-    return sorted(p for p in paths if p and os.path.exists(p))
+class _DiskWatch:
+    """Polls a job's working folder and calls ``on_exceed`` once it holds more than ``limit`` bytes.
+
+    The fallback where the folder cannot be a tmpfs of its own, and a check of the folder beneath it
+    where it can (then it stays empty). A program can overshoot by what it writes in one poll interval;
+    :meth:`stop` checks once more at the end."""
+
+    def __init__(self, folder: Path, limit: int, on_exceed):
+        self.folder, self.limit, self.on_exceed = folder, limit, on_exceed
+        self.exceeded = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sandbox-disk", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(DISK_POLL_SECONDS):
+            if _disk_usage(self.folder, self.limit) > self.limit:
+                self.exceeded = True
+                self.on_exceed()
+                return
+
+    def stop(self) -> bool:
+        """Stop watching; whether the job exceeded its limit at any time."""
+        self._stop.set()
+        self._thread.join()
+        self.exceeded = self.exceeded or _disk_usage(self.folder, self.limit) > self.limit
+        return self.exceeded
+
+
+def _mount_namespace() -> str | None:
+    """This process's mount namespace: the program mounts its tmpfs only in a different one."""
+    try:
+        return os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return None
 
 
 def _env(home: str) -> dict[str, str]:
@@ -273,18 +374,21 @@ class Sandbox:
     (or use the sandbox as a context manager) to stop them; they also exit when this process does."""
 
     def __init__(self, limits: Limits | None = None, workers: int | None = None, isolation: Isolation | None = None,
-                 allow_weak_isolation: bool = False):
+                 allow_weak_isolation: bool = False, allow_root: bool = False):
         self.limits = limits or Limits()
         self.workers = max(1, workers or (os.cpu_count() or 2))
         self._isolation = isolation
         self.allow_weak_isolation = allow_weak_isolation
+        self.allow_root = allow_root or os.environ.get(ALLOW_ROOT_ENV) == "1"
         self._idle: list[_Harness] = []
         self._lock = threading.Lock()
 
     @property
     def isolation(self) -> Isolation:
         """The layers in use; raises :class:`WeakIsolation` if programs could signal (kill) other
-        processes of this user, unless the sandbox was built with ``allow_weak_isolation=True``."""
+        processes of this user, unless the sandbox was built with ``allow_weak_isolation=True``, and
+        :class:`RootRefused` if they would run as uid 0 of the host, unless ``allow_root=True`` or
+        the environment variable ``DLLM_RL_SANDBOX_ALLOW_ROOT=1``."""
         if self._isolation is None:
             self._isolation = probe()
         if not self._isolation.contains_signals and not self.allow_weak_isolation:
@@ -292,6 +396,11 @@ class Sandbox:
                 "this host offers neither pid namespaces (unshare), Landlock >= 6 nor seccomp, so untrusted programs could "
                 "kill other processes of this user; allow it explicitly (allow_weak_isolation=True) or run in a "
                 "container or VM")
+        if self._isolation.runs_as_root and not self.allow_root:
+            raise RootRefused(
+                "untrusted programs would run as uid 0 of the host (no user namespace here, and uid 65534 cannot "
+                f"read this Python installation); run as another user, or allow it: {ALLOW_ROOT_ENV}=1 or "
+                "Sandbox(allow_root=True)")
         return self._isolation
 
     def __enter__(self) -> "Sandbox":
@@ -344,12 +453,19 @@ class Sandbox:
         work, io = root / "work", root / "io"
         work.mkdir()
         io.mkdir()
-        cgroup = None
-        if iso.cgroup_root:
-            try:
-                cgroup = _Cgroup(iso.cgroup_root, lim.max_processes)
-            except OSError:
-                cgroup = None
+        if iso.uid is not None:  # its own folder, reachable by path (Landlock, $HOME) but not listable around it
+            os.chown(work, iso.uid, iso.uid)
+            root.chmod(0o711)
+        memory_mb = lim.job_memory_mb or lim.memory_mb
+        parents = [p for p in (iso.pids_cgroup, iso.memory_cgroup) if p]
+        try:
+            cgroup = _Cgroup(parents, lim.max_processes, memory_mb << 20) if parents else None
+        except OSError as exc:  # never run a job without the limits the host promised
+            verdict = self._verdict(job, None, io, lim)
+            verdict.status, verdict.error = "harness_error", f"cannot create the job's cgroup: {exc}"
+            verdict.workdir = str(work)
+            _rmtree(root)
+            return verdict
         nonce = secrets.token_hex(16)
         spec = {
             "nonce": nonce, "program": job.program, "tests": list(job.tests), "prelude": job.prelude,
@@ -361,28 +477,46 @@ class Sandbox:
             "env": _env(str(work)), "stdout_path": str(io / "program.out"), "stderr_path": str(io / "program.err"),
             "untrusted": {"workdir": str(work), "memory_mb": lim.memory_mb, "cpu_seconds": lim.cpu_seconds,
                           "max_processes": lim.max_processes, "max_file_mb": lim.max_file_mb,
-                          "landlock": iso.landlock_abi >= 1, "read_paths": _read_paths(iso.pid_namespace),
-                          "seccomp": iso.seccomp,
-                          "cgroup": str(cgroup.path) if cgroup else None,
+                          "landlock": iso.landlock_abi >= 1, "read_paths": read_paths(iso.pid_namespace),
+                          "seccomp": iso.seccomp, "uid": iso.uid,
+                          "cgroups": [str(p) for p in cgroup.paths] if cgroup else [],
+                          # a uid shared by concurrent jobs would share RLIMIT_NPROC too: the pids cgroup counts instead
+                          "rlimit_nproc": iso.uid is None or not iso.pids_cgroup,
+                          "tmpfs": lim.max_disk_mb if iso.mount_namespace else 0, "caller_mount_ns": _mount_namespace(),
                           "sys_path": site.getsitepackages() if lim.site_packages else []},
         }
         harness = self._acquire()
-        result, failure = None, ""
+
+        def stop_job():  # from the disk watch: end the job now, its harness included
+            for pgid in [harness.proc.pid, *harness.pgids]:
+                _kill_group(pgid)
+            if cgroup:
+                cgroup.kill_all()
+
+        watch = _DiskWatch(work, lim.max_disk_mb << 20, stop_job)
+        result, failure, oom_kills = None, "", 0
         try:
             harness.submit(spec)
             result = harness.verdict(nonce, start + lim.timeout + lim.start_timeout + GRACE_SECONDS)
         except _wire.WireError:
             result = None
         finally:
+            over_disk = watch.stop()
             harness.kill_programs()
             if cgroup:
+                oom_kills = cgroup.oom_kills()
                 cgroup.remove()
-            if result is None:  # late, dead or confused: never reuse it
-                failure = harness.stderr(lim.max_output_bytes).strip()
+            if result is None or over_disk:  # late, dead or confused: never reuse it
+                failure = "" if over_disk else harness.stderr(lim.max_output_bytes).strip()
                 harness.close()
             else:
                 self._release(harness)
-        verdict = self._verdict(job, result, io, lim)
+        verdict = self._verdict(job, None if over_disk else result, io, lim)
+        if over_disk:
+            verdict.status, verdict.error = "disk_limit", f"the job wrote more than {lim.max_disk_mb} MB"
+        if oom_kills:
+            verdict.error = "; ".join(filter(None, [verdict.error, f"the job exceeded its {memory_mb} MB of memory "
+                                                                   f"(the kernel killed {oom_kills} of its processes)"]))
         if failure:
             verdict.error = f"{verdict.error}; harness: {failure}"
         verdict.wall_seconds = round(time.monotonic() - start, 4)

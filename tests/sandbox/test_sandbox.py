@@ -47,7 +47,11 @@ def test_isolation_layers_in_force_on_this_host(sandbox):
         assert verdict.isolation["pid"] == 1
     if iso.landlock_abi >= 1:
         assert verdict.isolation["filesystem"] is True
-    assert set(iso.describe()) == {"network", "filesystem", "processes", "process_count", "signals", "limits"}
+    if iso.mount_namespace:
+        assert verdict.isolation["tmpfs"] is True
+    assert verdict.isolation["capabilities"] == 0
+    assert set(iso.describe()) == {"network", "filesystem", "disk", "processes", "process_count", "memory", "signals",
+                                   "privileges", "limits"}
 
 
 # Each attack is a wrong solution (add returns 0) that tries to look like a pass some other way.
@@ -221,7 +225,7 @@ def test_weak_isolation_is_refused_unless_allowed():
 
 def test_verdict_rules_hold_without_namespaces_or_landlock():
     # Only harmless programs here: without the layers, nothing stops a program from signalling this user's processes.
-    with Sandbox(FAST, workers=2, isolation=Isolation(), allow_weak_isolation=True) as weak:
+    with Sandbox(FAST, workers=2, isolation=Isolation(), allow_weak_isolation=True, allow_root=True) as weak:
         good, exits, liar, net = weak.map([
             Job(ADD, ADD_TESTS), Job(ATTACKS["sys_exit_at_import"], ADD_TESTS), Job(ATTACKS["eq_always_true"], ADD_TESTS),
             Job("import socket\ndef f():\n    socket.socket()\n    return 1\n", ["assert f() == 1"])])
@@ -229,7 +233,7 @@ def test_verdict_rules_hold_without_namespaces_or_landlock():
     assert not net.passed[0] and net.isolation.get("socket_patch") is True
 
 
-def test_seccomp_alone_refuses_signals_leaving_the_group_and_network_sockets():
+def test_seccomp_alone_refuses_signals_leaving_the_group_and_all_sockets():
     # The layer for hosts without namespaces or Landlock >= 6. Probes are harmless even if a call got
     # through: signal 0 and SIGWINCH to the harness.
     if not probe().seccomp:
@@ -239,13 +243,14 @@ def test_seccomp_alone_refuses_signals_leaving_the_group_and_network_sockets():
                "                       ('sigwinch', lambda: os.kill(os.getppid(), signal.SIGWINCH)),\n"
                "                       ('setsid', os.setsid), ('setpgid', lambda: os.setpgid(0, 0)),\n"
                "                       ('tcp', lambda: socket.socket().close()),\n"
-               "                       ('unix', lambda: socket.socket(socket.AF_UNIX).close())]:\n"
+               "                       ('unix', lambda: socket.socket(socket.AF_UNIX).close()),\n"
+               "                       ('stream_pair', lambda: [s.close() for s in socket.socketpair()])]:\n"
                "        try:\n            call()\n            out[name] = 'allowed'\n"
                "        except PermissionError:\n            out[name] = 'refused'\n    return out\n")
-    with Sandbox(FAST, isolation=Isolation(seccomp=True)) as only_seccomp:  # strict mode accepts it
+    with Sandbox(FAST, isolation=Isolation(seccomp=True), allow_root=True) as only_seccomp:  # strict mode accepts it
         verdict = only_seccomp.run(Job(program, outputs=["probe()"]))
     assert verdict.outputs == [{"signal0": "refused", "sigwinch": "refused", "setsid": "refused", "setpgid": "refused",
-                                "tcp": "refused", "unix": "allowed"}]
+                                "tcp": "refused", "unix": "refused", "stream_pair": "allowed"}]
 
 
 def test_probe_is_cached():

@@ -1,7 +1,9 @@
 """Countdown: combine the given numbers, each exactly once, with + - * / to reach a target.
 
 Answers are checked with a whitelisting ``ast`` evaluator over exact fractions; the public d1 code
-calls Python ``eval()`` on model output, which this module never does.
+calls Python ``eval()`` on model output, which this module never does. The length and literal-size
+limits that keep hostile answers cheap grow with the problem (how many numbers, how many digits), and a
+config whose own reference answers the scorer cannot read is refused when the task is built.
 """
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, check_
 
 MAX_EXPRESSION_CHARS = 100
 MAX_LITERAL_DIGITS = 6
+"""The smallest limits of any problem (and those of ``evaluate_expression`` and ``numbers_used``)."""
+LENGTH_SLACK = 4
+"""An answer may be this many times as long as the problem's longest reference expression (every
+operation parenthesised): room for spaces and redundant parentheses."""
 MAX_MISSES = 200_000
 """Draws in a row that find no new problem before a split is declared impossible."""
 
@@ -56,31 +62,61 @@ class CountdownConfig(TaskConfig):
             raise ValueError(f"reward must be d1 or solved, got {self.reward!r}")
 
 
-def _parse(text: str) -> ast.expr:
+@dataclass(frozen=True)
+class Limits:
+    """What the evaluator reads at most: characters of the answer and digits of one literal."""
+
+    max_chars: int = MAX_EXPRESSION_CHARS
+    max_digits: int = MAX_LITERAL_DIGITS
+
+
+def limits_for(numbers: list[int]) -> Limits:
+    """Limits for a problem with these numbers: the longest reference expression (each number at its
+    widest, every operation parenthesised) times ``LENGTH_SLACK``, and the widest number's digits; never
+    below the defaults. Values then stay below about ``max_chars`` digits, so evaluation stays cheap."""
+    width = max(len(str(n)) for n in numbers)
+    longest = len(numbers) * width + 3 * (len(numbers) - 1)
+    return Limits(max(MAX_EXPRESSION_CHARS, LENGTH_SLACK * longest), max(MAX_LITERAL_DIGITS, width))
+
+
+def _parse(text: str, limits: Limits) -> ast.expr:
     """The body of ``text`` parsed as a Python expression, after the cheap length and character checks."""
-    if len(text) > MAX_EXPRESSION_CHARS:
-        raise InvalidExpression(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    if len(text) > limits.max_chars:
+        raise InvalidExpression(f"expression longer than {limits.max_chars} characters")
     if not _ALLOWED_CHARS.fullmatch(text):
         raise InvalidExpression("only digits, + - * / ( ) and spaces are allowed")
     try:
         return ast.parse(text.strip(), mode="eval").body
-    except (SyntaxError, ValueError) as e:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # e.g. "too many nested parentheses"
         raise InvalidExpression(f"not an expression: {e}") from None
 
 
-def _walk(node: ast.expr, literals: list[int]) -> Fraction:
-    """Evaluate an allowed node exactly, appending its integer literals to ``literals``; reject anything else."""
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        if node.value >= 10**MAX_LITERAL_DIGITS:
-            raise InvalidExpression(f"integer literal with more than {MAX_LITERAL_DIGITS} digits")
-        literals.append(node.value)
-        return Fraction(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_walk(node.operand, literals)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        left, right = _walk(node.left, literals), _walk(node.right, literals)
-        return _apply(_BINOPS[type(node.op)], left, right)
-    raise InvalidExpression(f"{type(node).__name__} is not allowed")
+def _evaluate(text: str, limits: Limits, literals: list[int]) -> Fraction:
+    """Exact value of ``text`` within ``limits``, appending its integer literals to ``literals`` left to right;
+    the tree is walked with an explicit stack, so the caller's stack depth does not matter."""
+    values: list[Fraction] = []
+    stack: list[tuple[ast.expr, bool]] = [(_parse(text, limits), False)]
+    while stack:
+        node, operands_done = stack.pop()
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            if node.value >= 10**limits.max_digits:
+                raise InvalidExpression(f"integer literal with more than {limits.max_digits} digits")
+            literals.append(node.value)
+            values.append(Fraction(node.value))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            if operands_done:
+                values.append(-values.pop())
+            else:
+                stack += [(node, True), (node.operand, False)]
+        elif isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            if operands_done:
+                right = values.pop()
+                values.append(_apply(_BINOPS[type(node.op)], values.pop(), right))
+            else:
+                stack += [(node, True), (node.right, False), (node.left, False)]
+        else:
+            raise InvalidExpression(f"{type(node).__name__} is not allowed")
+    return values[0]
 
 
 def _apply(op: str, left: Fraction, right: Fraction) -> Fraction:
@@ -95,28 +131,39 @@ def _apply(op: str, left: Fraction, right: Fraction) -> Fraction:
     return left / right
 
 
-def evaluate_expression(text: str) -> Fraction:
+def evaluate_expression(text: str, limits: Limits = Limits()) -> Fraction:
     """Exact value of an arithmetic expression of integers, + - * /, unary minus and parentheses."""
-    return _walk(_parse(text), [])
+    return _evaluate(text, limits, [])
 
 
-def numbers_used(text: str) -> list[int]:
+def numbers_used(text: str, limits: Limits = Limits()) -> list[int]:
     """The integer literals of an allowed expression, left to right (raises ``InvalidExpression`` otherwise)."""
     literals: list[int] = []
-    _walk(_parse(text), literals)
+    _evaluate(text, limits, literals)
     return literals
-
-
 
 
 def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tuple[Fraction, str, int]:
     """A random expression over ``numbers`` in the given order: (value, text, precedence of the top operator)."""
+    return _expression(numbers, lambda size, depth: (rng.randint(1, size - 1), rng.choice(ops)))
+
+
+def _deepest_expression(numbers: list[int], ops: str) -> tuple[Fraction, str, int]:
+    """The generator's expression with the most nested parentheses: right-nested, with an operator whose
+    right operand is always parenthesised (``-`` or ``/``), else ``*`` and ``+`` alternating."""
+    nesting = [op for op in "-/" if op in ops]
+    cycle = nesting[:1] or ([op for op in "*+" if op in ops] if set("*+") <= set(ops) else [ops[0]])
+    return _expression(numbers, lambda size, depth: (1, cycle[depth % len(cycle)]))
+
+
+def _expression(numbers: list[int], choose, depth: int = 0) -> tuple[Fraction, str, int]:
+    """An expression over ``numbers`` in order, split and joined where ``choose(len, depth)`` says:
+    (value, text with only the parentheses precedence needs, precedence of the top operator)."""
     if len(numbers) == 1:
         return Fraction(numbers[0]), str(numbers[0]), 3
-    k = rng.randint(1, len(numbers) - 1)
-    op = rng.choice(ops)
-    left_value, left, left_prec = _random_expression(rng, numbers[:k], ops)
-    right_value, right, right_prec = _random_expression(rng, numbers[k:], ops)
+    k, op = choose(len(numbers), depth)
+    left_value, left, left_prec = _expression(numbers[:k], choose, depth + 1)
+    right_value, right, right_prec = _expression(numbers[k:], choose, depth + 1)
     prec = _PRECEDENCE[op]
     if left_prec < prec:
         left = f"({left})"
@@ -127,15 +174,37 @@ def _random_expression(rng: random.Random, numbers: list[int], ops: str) -> tupl
 
 def verdict(example: Example, text: str | None) -> str:
     """How an answer fares: ``solved``, ``no_expression``, ``wrong_numbers`` (not exactly the given numbers,
-    each once) or ``wrong_value`` (right numbers, another value)."""
+    each once) or ``wrong_value`` (right numbers, another value). Read within ``limits_for`` the problem's numbers."""
     try:
         literals: list[int] = []
-        value = _walk(_parse(text or ""), literals)
+        value = _evaluate(text or "", limits_for(example["numbers"]), literals)
     except InvalidExpression:
         return "no_expression"
     if sorted(literals) != sorted(example["numbers"]):
         return "wrong_numbers"
     return "solved" if value == example["target"] else "wrong_value"
+
+
+def _check_scorer_reads_references(cfg: CountdownConfig) -> None:
+    """Refuse a config whose own reference answers its scorer would not read: each end of the number
+    range alone, then the generator's most nested expression of the widest number ``num_numbers`` times."""
+    for key in ("min_number", "max_number"):
+        n = getattr(cfg, key)
+        result = verdict({"numbers": [n], "target": n}, str(n))
+        if result != "solved":
+            raise UsageError(f"task.{key}={n}: the reference answer {str(n)!r} scores as {result} (a leading '-' "
+                             "is an operator, not part of a number); use numbers >= 0")
+    widest = max(cfg.min_number, cfg.max_number, key=lambda n: len(str(n))) or 1  # 1: as wide as 0, no zero division
+    numbers = [widest] * cfg.num_numbers
+    try:
+        value, text, _ = _deepest_expression(numbers, cfg.ops)
+    except RecursionError:  # too deep even to build
+        value, text = Fraction(0), ""
+    result = verdict({"numbers": numbers, "target": value}, text) if text else "no_expression"
+    if result != "solved":
+        raise UsageError(f"task.num_numbers={cfg.num_numbers}: a reference answer nesting {cfg.num_numbers - 1} "
+                         f"operations scores as {result} (nested deeper than Python's parser reads, e.g. over 200 "
+                         "parentheses); lower task.num_numbers")
 
 
 class Countdown(Task):
@@ -148,6 +217,7 @@ class Countdown(Task):
         super().__init__(config)
         self._cache: dict[str, list[Example]] = {}
         self._used: set[tuple[tuple[int, ...], int]] = set()
+        _check_scorer_reads_references(self.config)
 
     def examples(self, split: str) -> list[Example]:
         """Generated in the order test, validation, train; each split skips the keys of the ones before."""

@@ -2,8 +2,14 @@
 
 Data: ``openai/gsm8k`` (config ``main``) from the hub, or a local copy via ``data_path``. The test split
 is the official 1319 problems; the validation split is held out from the official train split.
-Answers are compared as exact numbers after extraction (commas, currency signs, units, trailing
-periods, ``\\boxed{}`` and GSM8K's ``#### n`` layout handled), never as strings.
+Numbers are read with lm-eval's ``gsm8k`` filters and normalisation (its regexes, verbatim); direct-style
+completions are first cut at its stop sequences. Metrics:
+
+- ``accuracy``: lm-eval's "strict-match" number (the first ``#### n``) if there is one, else its
+  "flexible-extract" number (the last number), read inside the last ``\\boxed{}`` if there is one; read
+  from the last ``<answer>`` block in chat style; compared as exact numbers (``1,200.00`` = ``1200``).
+- ``strict_match`` / ``flexible_extract`` (direct style): lm-eval's filters of those names with its
+  ``exact_match`` (normalised strings), on the whole cut completion, i.e. lm-eval's two gsm8k scores.
 """
 from __future__ import annotations
 
@@ -19,8 +25,16 @@ from dllm_rl.task import EvalProtocol, Example, Prompt, Task, TaskConfig, answer
 SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>")
 """d1's format instruction (also used by wd1 and ESPO), put before the question in the user turn."""
 
-_NUMBER = re.compile(r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+(?![\d,])|\d+)(?:\.\d+)?(?:/\d+)?")
-_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*(-?\d+)\s*\}\s*\{\s*(\d+)\s*\}")
+# lm-eval's gsm8k task (lm_eval/tasks/gsm8k/gsm8k.yaml, lm-eval 0.4), verbatim; the tests compare them
+# with the installed lm-eval.
+STOP_SEQUENCES = ("Question:", "</s>", "<|im_end|>")
+"""Its ``generation_kwargs.until``: a direct-style completion is cut at the first of them."""
+STRICT_MATCH = re.compile(r"#### (\-?[0-9\.\,]+)")
+"""Its "strict-match" filter (first match)."""
+FLEXIBLE_EXTRACT = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+"""Its "flexible-extract" filter (``group_select: -1``, the last match)."""
+IGNORED = (",", "\\$", "(?s).*#### ", "\\.$")
+"""Its ``exact_match`` ``regexes_to_ignore``, removed in order (then ``ignore_case``)."""
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 _INTEGER = re.compile(r"-?\d+")
 
@@ -39,25 +53,65 @@ class GSM8KConfig(TaskConfig):
     """Problems of the official train split held out as the validation split (checkpoint selection)."""
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
+    """``text`` up to the first stop sequence, as lm-eval (and the lm-eval adapter) truncate generations."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text
+
+
+def strict_match(text: str) -> str | None:
+    """lm-eval's "strict-match" pick: the number of the first ``#### n`` (None where lm-eval says "[invalid]")."""
+    m = STRICT_MATCH.search(text)
+    return m.group(1).strip() if m else None
+
+
+def flexible_extract(text: str) -> str | None:
+    """lm-eval's "flexible-extract" pick: the last number-like match (None where lm-eval says "[invalid]")."""
+    matches = FLEXIBLE_EXTRACT.findall(text)
+    if not matches:
+        return None
+    picked = [group for group in matches[-1] if group]
+    return picked[0].strip() if picked else None
+
+
+def normalise(text: str) -> str:
+    """lm-eval's ``exact_match`` normalisation of gsm8k: its ignored regexes removed in order, lower case."""
+    for pattern in IGNORED:
+        text = re.sub(pattern, "", text)
+    return text.lower()
+
+
+def to_number(pick: str | None) -> Fraction | None:
+    """An extracted pick as an exact number after lm-eval's normalisation; None if it is no number."""
+    if pick is None:
+        return None
+    try:
+        return Fraction(normalise(pick))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
 def parse_number(text: str | None) -> Fraction | None:
-    """The final numeric answer in ``text``: after the last ``####`` if any, else inside the last
-    ``\\boxed{}`` if any, else the last number; None if there is none."""
+    """The final numeric answer in ``text``: lm-eval's strict-match number if any, else its
+    flexible-extract number inside the last ``\\boxed{}`` (else in the whole text); None if none reads."""
     if text is None:
         return None
-    text = text.replace("\u2212", "-")  # unicode minus
-    if "####" in text:
-        text = text.rsplit("####", 1)[1]
-    else:
+    text = text.replace("\u2212", "-")  # unicode minus, which lm-eval's regexes do not read
+    value = to_number(strict_match(text))
+    if value is None:
         boxed = last_boxed(text)
-        if boxed is not None:
-            text = boxed
-    text = _FRAC.sub(r"\1/\2", text)
-    for token in reversed(_NUMBER.findall(text)):
-        try:
-            return Fraction(token.replace(",", ""))
-        except (ValueError, ZeroDivisionError):
-            continue
-    return None
+        value = to_number(flexible_extract(text if boxed is None else boxed))
+    return value
+
+
+def lm_eval_scores(completion: str, gold: str) -> dict[str, float]:
+    """lm-eval's gsm8k scores of a completion: each filter's pick (or "[invalid]") against the gold answer,
+    both normalised, as strings."""
+    text = cut_at_stop(completion)
+    target = normalise(gold)
+    return {name: float(normalise(pick(text) or "[invalid]") == target)
+            for name, pick in (("strict_match", strict_match), ("flexible_extract", flexible_extract))}
 
 
 class GSM8K(Task):
@@ -102,7 +156,10 @@ class GSM8K(Task):
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{example['question']}"}]
 
     def correct(self, example: Example, completion: str, style: str) -> bool:
-        value = parse_number(answer_region(completion, style))
+        """Whether the completion's number (direct style: cut at lm-eval's stop sequences) is the gold number."""
+        check_style(style)
+        text = cut_at_stop(completion) if style == "direct" else completion
+        value = parse_number(answer_region(text, style))
         return value is not None and value == parse_number(example["answer"])
 
     def reward(self, example: Example, completion: str, style: str) -> float:
@@ -122,6 +179,8 @@ class GSM8K(Task):
         scores = {"accuracy": float(self.correct(example, completion, style))}
         if style == "chat":
             scores["format"] = float(soft_format(completion))
+        else:
+            scores.update(lm_eval_scores(completion, example["answer"]))
         return scores
 
     def protocol(self, style: str) -> EvalProtocol:
@@ -129,8 +188,10 @@ class GSM8K(Task):
         prompt = ("user turn: d1's <reasoning>/<answer> format instruction, blank line, question" if style == "chat"
                   else "'Question: <question>\nAnswer:'")
         return EvalProtocol(lengths=(256, 128, 512), primary_metric="accuracy", split="test", shots=0, prompt=prompt,
-                            parser=("last <answer> block (else the whole completion); after '####', else in the last "
-                                    "\\boxed{}, else the last number; commas, $ and units dropped; exact numeric match"))
+                            parser=("direct: cut at lm-eval's gsm8k stop sequences; last <answer> block (chat, else the "
+                                    "whole completion); lm-eval's strict-match number (first '#### n'), else its "
+                                    "flexible-extract number (last one) in the last \\boxed{} or the text; lm-eval's "
+                                    "normalisation (',' '$' trailing '.'); exact numeric match"))
 
     def reference(self, example: Example, style: str) -> str:
         check_style(style)

@@ -3,11 +3,17 @@
 Evaluation on MATH-500 (``HuggingFaceH4/MATH-500``); training on the other 12,000 MATH problems
 (``ankner/math-500`` train split, as d1 and ESPO); the validation split is held out from train.
 The final answer is the last ``\\boxed{}`` (nested braces kept) of the answer block, compared with
-math-verify's ``parse`` + ``verify`` (symbolic and numeric equivalence), never by string.
+math-verify's ``parse`` + ``verify`` (symbolic and numeric equivalence), never by string. Direct-style
+completions are first cut at lm-eval's MATH stop sequence. math-verify runs in a worker process, so
+that an answer whose evaluation never ends (``2^{2^{2^{2^{2^{100}}}}}``) is stopped on any thread.
 """
 from __future__ import annotations
 
-import functools
+import json
+import os
+import select
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -21,8 +27,48 @@ SYSTEM_PROMPT = ("Respond in the following format:\n<reasoning>\n...\n</reasonin
 MATH_INSTRUCTION = ("You are a math expert. You will be given a question to solve. Solve it step by step. "
                     "Wrap the final answer in a \\boxed{}.")
 """d1's MATH instruction, between the format instruction and the problem."""
-TIMEOUT_S = 5
-"""math-verify's per-call time limit (a SIGALRM, so only in the main thread; elsewhere none)."""
+STOP_SEQUENCES = ("Problem:",)
+"""lm-eval's ``until`` for hendrycks_math and minerva_math: a direct-style completion is cut at it."""
+TIMEOUT_S: int | None = 5
+"""math-verify's own limit per parse and per comparison, in seconds (its SIGALRM, which works in the
+worker's main thread; None turns it off)."""
+CALL_TIMEOUT_S = 20
+"""Wall-clock limit of one verification; past it the worker is killed and the answer counts as incorrect."""
+START_TIMEOUT_S = 120
+"""Time a new worker may take to start (importing math-verify and sympy)."""
+MEMORY_MB = 4096
+"""Address-space limit of a worker: a huge intermediate number fails with MemoryError (incorrect)."""
+
+# The worker: one JSON request per line on stdin ([gold, answer, math-verify timeout, CPU seconds]),
+# "1" or "0" per line on stdout. Its own CPU-time limit, raised before each request, ends it if it is
+# stuck in C code after its parent is gone.
+_WORKER = r"""
+import json, logging, resource, sys
+
+def limit(kind, value):
+    hard = resource.getrlimit(kind)[1]
+    resource.setrlimit(kind, (value if hard == resource.RLIM_INFINITY else min(value, hard), hard))
+
+limit(resource.RLIMIT_AS, int(sys.argv[1]) << 20)
+from math_verify import parse, verify
+logging.disable(logging.WARNING)
+golds = {}
+print("ready", flush=True)
+for line in sys.stdin:
+    gold, answer, timeout, cpu = json.loads(line)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    limit(resource.RLIMIT_CPU, int(usage.ru_utime + usage.ru_stime + cpu) + 1)
+    try:
+        if gold not in golds:
+            if len(golds) >= 8192:
+                golds.clear()
+            golds[gold] = parse(gold, parsing_timeout=timeout)
+        target = parse(answer, parsing_timeout=timeout)
+        ok = bool(golds[gold]) and bool(target) and bool(verify(golds[gold], target, timeout_seconds=timeout))
+    except Exception:
+        ok = False
+    print("1" if ok else "0", flush=True)
+"""
 
 
 @dataclass
@@ -39,10 +85,6 @@ class MATHConfig(TaskConfig):
     validation_size: int = 200
 
 
-def _timeout() -> int | None:
-    return TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-
 def final_answer(text: str) -> str:
     """What math-verify should read: the last ``\\boxed{}`` re-boxed alone if there is one (math-verify
     would join several boxed answers into a set), else the whole text."""
@@ -50,27 +92,63 @@ def final_answer(text: str) -> str:
     return text if boxed is None else f"\\boxed{{{boxed}}}"
 
 
-def parse_answer(text: str) -> list:
-    """math-verify's parse of a final answer (an empty list when nothing parses)."""
-    from math_verify import parse
-
-    return parse(final_answer(text), parsing_timeout=_timeout())
+def cut_at_stop(text: str, stops: tuple[str, ...] = STOP_SEQUENCES) -> str:
+    """``text`` up to the first stop sequence, as lm-eval truncates generations."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text
 
 
 def is_equivalent(gold: str, text: str) -> bool:
-    """Whether the final answer in ``text`` equals the gold LaTeX answer, by math-verify."""
-    from math_verify import verify
-
-    target = parse_answer(text)
-    if not target:
+    """Whether the final answer in ``text`` equals the gold LaTeX answer, by math-verify ``parse`` +
+    ``verify`` in a worker process; False if that takes longer than ``CALL_TIMEOUT_S``."""
+    request = json.dumps([final_answer(f"\\boxed{{{gold}}}"), final_answer(text), TIMEOUT_S, CALL_TIMEOUT_S]) + "\n"
+    with _lock:
+        worker = _idle.pop() if _idle else None
+    if worker is None or worker.poll() is not None:
+        worker = _start_worker()
+    try:
+        worker.stdin.write(request)
+        worker.stdin.flush()
+        ready, _, _ = select.select([worker.stdout], [], [], CALL_TIMEOUT_S)
+        reply = worker.stdout.readline().strip() if ready else None
+    except (BrokenPipeError, OSError):
+        reply = None
+    if reply not in ("0", "1"):  # timed out or died: the answer is incorrect, the worker is not reused
+        worker.kill()
+        worker.wait()
         return False
-    return verify(list(_gold(gold)), target, timeout_seconds=_timeout())
+    with _lock:
+        _idle.append(worker)
+    return reply == "1"
 
 
-@functools.lru_cache(maxsize=8192)
-def _gold(answer: str) -> tuple:
-    """Parsed gold answers, cached: every rollout of a prompt shares its gold."""
-    return tuple(parse_answer(f"\\boxed{{{answer}}}"))
+_idle: list[subprocess.Popen] = []
+"""Workers waiting for a request; each caller takes one (or starts one), so threads verify in parallel."""
+_lock = threading.Lock()
+
+
+def _forget_workers() -> None:
+    """In a forked child: its parent's workers and lock are not its own (shared pipes would mix replies)."""
+    global _lock
+    _idle.clear()
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
+
+
+def _start_worker() -> subprocess.Popen:
+    worker = subprocess.Popen([sys.executable, "-c", _WORKER, str(MEMORY_MB)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    ready, _, _ = select.select([worker.stdout], [], [], START_TIMEOUT_S)
+    if not ready or worker.stdout.readline().strip() != "ready":
+        worker.kill()
+        worker.wait()
+        import math_verify  # noqa: F401  (the import error, if that is why the worker did not start)
+
+        raise RuntimeError(f"the math-verify worker process did not start within {START_TIMEOUT_S} s")
+    return worker
 
 
 class MATH(Task):
@@ -120,7 +198,10 @@ class MATH(Task):
         return [{"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{MATH_INSTRUCTION}\n\n{example['problem']}"}]
 
     def correct(self, example: Example, completion: str, style: str) -> bool:
-        return is_equivalent(example["answer"], answer_region(completion, style))
+        """Whether the completion's final answer (direct style: cut at lm-eval's stop sequence) is the gold one."""
+        check_style(style)
+        text = cut_at_stop(completion) if style == "direct" else completion
+        return is_equivalent(example["answer"], answer_region(text, style))
 
     def reward(self, example: Example, completion: str, style: str) -> float:
         """d1's reward in chat style (at most 3): 2 for an equivalent answer, plus half of (1 for an
@@ -142,8 +223,10 @@ class MATH(Task):
         prompt = ("user turn: d1's <reasoning>/<answer> format instruction, d1's MATH instruction, problem"
                   if style == "chat" else "'Problem: <problem>\\nSolution:'")
         return EvalProtocol(lengths=(256, 128, 512), primary_metric="accuracy", split="test", shots=0, prompt=prompt,
-                            parser=("last <answer> block (else the whole completion); its last \\boxed{} (else all "
-                                    "of it) parsed and verified against the gold answer by math-verify"))
+                            parser=("direct: cut at lm-eval's MATH stop sequence 'Problem:'; last <answer> block "
+                                    "(chat, else the whole completion); its last \\boxed{} (else all of it) parsed and "
+                                    "verified against the gold answer by math-verify (in a worker process, incorrect "
+                                    f"after {CALL_TIMEOUT_S} s)"))
 
     def reference(self, example: Example, style: str) -> str:
         check_style(style)

@@ -33,13 +33,13 @@ def _task_number(task_id: str) -> int:
 
 
 def humaneval_program(example: Example, completion: str, style: str) -> str | None:
-    """Prompt + continuation (direct), or prompt + the extracted code when it defines the entry point,
-    else the extracted code taken as the function body (chat)."""
+    """Prompt + continuation (direct), or prompt + the extracted code (what the entry point reaches) when
+    it defines the entry point, else the extracted code taken as the function body (chat)."""
     check_style(style)
     prompt = normalize(example["prompt"])
     if style == "direct":
         return complete_function(prompt, completion)
-    code = extract_code(completion)
+    code = extract_code(completion, example["entry_point"])
     if code is not None and defines(code, example["entry_point"]):
         return prompt.rstrip("\n") + "\n\n\n" + code
     if code is None:  # an indented function body alone does not parse on its own

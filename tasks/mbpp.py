@@ -139,7 +139,7 @@ class MBPPPlus(EvalPlusTask):
         check_style(style)
         if style == "direct":
             return complete_function(example["prompt"], completion)
-        return extract_code(completion)
+        return extract_code(completion, example["entry_point"])
 
     def reference(self, example: Example, style: str) -> str:
         check_style(style)

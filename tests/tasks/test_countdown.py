@@ -1,5 +1,6 @@
 """Countdown task: the safe evaluator, the d1 reward and the disjoint, deterministic generator."""
 import os
+import re
 import time
 from fractions import Fraction
 
@@ -220,3 +221,40 @@ def test_impossible_config_fails_clearly():
     assert task.examples("test") == [only]
     with pytest.raises(UsageError, match=r"task.validation_size=1 is more than this countdown config can make \(only 0 validation"):
         task.examples("validation")  # 1+1+1 = 3 is the only problem and test already holds it
+
+
+# -- limits that follow the config ---------------------------------------------------------------
+
+MANY = dict(num_numbers=30, ops="+-", min_target=-10**6, max_target=10**6, train_size=20, validation_size=5, test_size=20)
+WIDE = dict(min_number=1_000_000, max_number=9_999_999, ops="+-*", max_target=10**22, train_size=20, validation_size=5,
+            test_size=20)
+
+
+@pytest.mark.parametrize("config", [MANY, WIDE], ids=["30-numbers", "7-digit-numbers"])
+def test_reference_answers_of_configs_beyond_the_old_fixed_limits_score_1(config):
+    task = Countdown(CountdownConfig(**config))
+    examples = task.examples("test")
+    assert max(len(ex["solution"]) for ex in examples) > 100 or max(max(ex["numbers"]) for ex in examples) >= 10**6
+    for ex in examples:
+        for style in ("direct", "chat"):
+            assert task.reward(ex, task.reference(ex, style), style) == 1.0
+            assert task.score(ex, task.reference(ex, style), style) == {"accuracy": 1.0}
+        spaced = " ".join(re.findall(r"\d+|\S", ex["solution"]))  # a model that spaces out every token
+        assert verdict(ex, spaced) == "solved"
+    # Hostile answers near the wider limits (30 numbers of 2 digits: 588 characters) are still rejected cheaply.
+    hostile = ["9" * 580, "9" * 20_000, "(" * 250 + "1" + ")" * 250, "-" * 580 + "5", "1+" * 290 + "1",
+               "-(" * 140 + "1" + ")" * 140, "9" * 20 + "*" + "9" * 20]
+    for text in hostile:
+        start = time.perf_counter()
+        assert verdict(examples[0], text) in ("no_expression", "wrong_numbers")
+        assert time.perf_counter() - start < 0.1, text[:20]
+
+
+@pytest.mark.parametrize("config, key", [
+    (dict(min_number=-9, max_number=9), "task.min_number"),  # "-9" reads as minus 9: never the given number
+    (dict(num_numbers=250, ops="-", max_target=10**9), "task.num_numbers"),  # 248 nested parentheses; Python's parser reads 200
+])
+def test_a_config_whose_own_reference_answers_fail_is_refused_when_the_task_is_built(config, key):
+    with pytest.raises(UsageError, match=rf"^{key}=") as exc:
+        Countdown(CountdownConfig(**config))
+    assert "\n" not in str(exc.value)

@@ -40,8 +40,6 @@ def test_fixture_rows_become_examples_with_the_reference_answer(examples):
     ("It costs 18 dollars.", 18),
     ("\\boxed{\\$18}", 18),
     ("\\boxed{18\\text{ dollars}}", 18),
-    ("\\boxed{\\frac{1}{2}}", Fraction(1, 2)),
-    ("\\boxed{\\dfrac{3}{4}} of the cake", Fraction(3, 4)),
     ("It fell to -7 degrees", -7),
     ("It fell to \u22127 degrees", -7),
     ("First 5-3 = 2 apples, then 2 * 4 = 8", 8),
@@ -100,7 +98,7 @@ def test_direct_style_prompt_reference_and_reward(task, examples):
     ref = task.reference(ex, "direct")
     assert ref.endswith("#### 72") and task.reward(ex, ref, "direct") == 1.0
     assert task.reward(ex, " 48 + 24 = 71\n#### 71", "direct") == 0.0
-    assert set(task.score(ex, ref, "direct")) == {"accuracy"}
+    assert task.score(ex, ref, "direct") == {"accuracy": 1.0, "strict_match": 1.0, "flexible_extract": 1.0}
 
 
 def test_chat_prompt_carries_the_format_instruction(task, examples):
@@ -138,3 +136,95 @@ def test_rows_in_another_schema_are_a_usage_error(tmp_path):
     bad.write_text(json.dumps({"problem": "1+1", "solution": "2"}) + "\n")
     with pytest.raises(UsageError, match="openai/gsm8k schema"):
         GSM8K(GSM8KConfig(data_path=str(bad))).examples("test")
+
+
+# -- lm-eval's gsm8k conventions ------------------------------------------------------------------
+
+def _lm_eval_gsm8k_yaml() -> dict:
+    import yaml
+
+    lm_eval = pytest.importorskip("lm_eval")
+    return yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml").read_text())
+
+
+def test_regexes_stop_sequences_and_normalisation_are_lm_evals_own():
+    from dllm_rl.tasks import gsm8k
+
+    spec = _lm_eval_gsm8k_yaml()
+    filters = {f["name"]: f["filter"][0] for f in spec["filter_list"]}
+    assert gsm8k.STRICT_MATCH.pattern == filters["strict-match"]["regex_pattern"]
+    assert filters["strict-match"].get("group_select", 0) == 0  # the first "#### n"
+    assert gsm8k.FLEXIBLE_EXTRACT.pattern == filters["flexible-extract"]["regex_pattern"]
+    assert filters["flexible-extract"]["group_select"] == -1  # the last number
+    assert list(gsm8k.STOP_SEQUENCES) == spec["generation_kwargs"]["until"]
+    (metric,) = spec["metric_list"]
+    assert list(gsm8k.IGNORED) == metric["regexes_to_ignore"] and metric["ignore_case"]
+
+
+# Completions lm-eval's two filters and the old parser disagree on (all in direct style, gold 1200).
+TRICKY = [
+    " He paid $1,200, which is what it cost.",  # comma right after a thousands-separated number
+    " She had 2 bags of 600 each.\n#### 1,200, the answer",
+    " #### 1200.\n#### 1300",  # several '####': strict-match takes the first
+    " The total is -1,200.",
+    " 1,200.00 dollars in all.",
+    " It costs $1200. Then 5 more...",  # the last match is "..."
+    " 2 * 600 = 1200\n\nQuestion: How many? Answer: 99\n#### 99",  # an invented next question
+    " 2 * 600 = 1200</s>3",
+    " #### $1,200",
+    " #### -1200",
+    " #### 1200.00",  # lm-eval compares strings: not 1200 (accuracy compares numbers: it is)
+    " no number at all",
+    "",
+]
+
+
+def test_direct_scores_equal_lm_evals_strict_and_flexible_filters_on_tricky_completions(task):
+    """strict_match / flexible_extract are lm-eval's filters + exact_match, run here through lm-eval itself."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+
+    spec = _lm_eval_gsm8k_yaml()
+    (metric,) = spec["metric_list"]
+    example = {"id": "x", "question": "q", "reasoning": "", "answer": "1200"}
+    reference = "Two bags of 600.\n#### 1200"  # lm-eval's target is the whole answer field
+    for f in spec["filter_list"]:
+        name = f["name"].replace("-", "_")
+        regex = f["filter"][0]
+        flt = RegexFilter(regex["regex_pattern"], regex.get("group_select", 0))
+        for completion in TRICKY:
+            cut = completion
+            for stop in spec["generation_kwargs"]["until"]:
+                cut = cut.split(stop, 1)[0]
+            (picked,), = flt.apply([[cut]], [example])
+            expected = exact_match_hf_evaluate([picked], [reference], regexes_to_ignore=metric["regexes_to_ignore"],
+                                               ignore_case=metric["ignore_case"])["exact_match"]
+            assert task.score(example, completion, "direct")[name] == expected, (name, completion)
+
+
+def test_parse_number_reads_as_lm_eval():
+    cases = [
+        ("He paid $1,200, which is what it cost.", 1200),  # the old parser read 200
+        ("#### 1,200, the answer", 1200),
+        ("#### 18 eggs, 3 left", 18),  # the number after '#### ', not the last number after it
+        ("#### 18\n#### 20", 18),  # several: lm-eval's strict-match takes the first
+        ("#### -7", -7),
+        ("#### 3.50", Fraction(7, 2)),
+        ("#### 18.", 18),
+        ("#### $18", 18),  # strict-match reads no '$': flexible-extract does
+        ("It costs $1,080.", 1080),
+        ("The answer is 18...", None),  # flexible-extract's last match is "18..." (lm-eval: invalid)
+        ("nothing here", None),
+    ]
+    assert [parse_number(text) for text, _ in cases] == [None if v is None else Fraction(v) for _, v in cases]
+
+
+def test_direct_style_is_cut_at_lm_evals_stop_sequences(task, examples):
+    ex = examples[0]  # gold 18
+    invented = " 16 - 3 - 4 = 9 and 9 * 2 = 18\n#### 18\n\nQuestion: Tom has 99 apples. How many?\nAnswer: #### 99"
+    assert task.score(ex, invented, "direct") == {"accuracy": 1.0, "strict_match": 1.0, "flexible_extract": 1.0}
+    assert task.reward(ex, invented, "direct") == 1.0
+    wrong = " 9 * 2 = 17\n#### 17\nQuestion: what is 9 * 2?\nAnswer: 18\n#### 18"
+    assert task.score(ex, wrong, "direct")["accuracy"] == 0.0
+    assert task.score(ex, " 9 * 2 = 18<|im_end|>Question: 5", "direct")["flexible_extract"] == 1.0

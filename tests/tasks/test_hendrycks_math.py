@@ -107,3 +107,61 @@ def test_data_path_errors_are_one_line(tmp_path):
     task = MATH(MATHConfig(train_hub_id="dllm-rl-tests/no-such-dataset"))
     with pytest.raises(UsageError, match="hf download dllm-rl-tests/no-such-dataset"):
         task.examples("train")
+
+
+def test_direct_style_is_cut_at_lm_evals_stop_sequence(task, by_answer):
+    """lm-eval's hendrycks_math / minerva_math stop at "Problem:": an invented next problem is not scored."""
+    ex = by_answer["9"]
+    invented = " 3 * 3 = \\boxed{9}.\n\nProblem: What is 5 + 5?\nSolution: \\boxed{10}"
+    assert task.score(ex, invented, "direct")["accuracy"] == 1.0
+    assert task.reward(ex, invented, "direct") == 1.0
+    assert task.score(ex, " \\boxed{8}\nProblem: 3 * 3?\nSolution: \\boxed{9}", "direct")["accuracy"] == 0.0
+
+
+def test_stop_sequence_is_lm_evals_own():
+    import yaml
+
+    from dllm_rl.tasks import hendrycks_math
+
+    lm_eval = pytest.importorskip("lm_eval")
+    root = Path(lm_eval.__file__).parent / "tasks"
+    for name in ("hendrycks_math/hendrycks_math_algebra.yaml", "minerva_math/minerva_math_algebra.yaml"):
+        text = "\n".join(line for line in (root / name).read_text().splitlines() if "!function" not in line)
+        assert list(hendrycks_math.STOP_SEQUENCES) == yaml.safe_load(text)["generation_kwargs"]["until"]
+
+
+# Run in a child interpreter so that a regression (a thread stuck in C code, holding the GIL) fails the
+# test instead of hanging the suite.
+THREADED = r'''
+import sys, threading, time
+from dllm_rl.tasks import hendrycks_math as hm
+for name, value in zip(("TIMEOUT_S", "CALL_TIMEOUT_S"), sys.argv[1:3]):
+    if value != "default":
+        setattr(hm, name, None if value == "none" else int(value))
+cases = [("4", "\\boxed{2^{2^{2^{2^{2^{100}}}}}}", False), ("\\frac{14}{3}", "\\boxed{\\dfrac{28}{6}}", True),
+         ("p - q", "\\boxed{-q + p}", True), ("9", "\\boxed{2^{2^{2^{2^{2^{100}}}}}}", False),
+         ("9", "\\boxed{3^2}", True)]
+results = {}
+def score():
+    results["got"] = [hm.is_equivalent(gold, text) for gold, text, _ in cases]
+start = time.monotonic()
+worker = threading.Thread(target=score, daemon=True)
+worker.start()
+worker.join(timeout=float(sys.argv[3]))
+assert not worker.is_alive(), "scoring from a thread did not finish"
+assert results["got"] == [want for *_, want in cases], results["got"]
+print(f"ok {time.monotonic() - start:.1f}")
+'''
+
+
+@pytest.mark.parametrize("timeout_s, call_timeout_s, join_s", [
+    ("default", "default", 60),  # math-verify's own limit, now inside the worker's main thread
+    ("none", "2", 30),  # math-verify's limit off: the worker process is killed at the wall-clock limit
+])
+def test_nested_power_from_a_thread_is_bounded_and_incorrect(timeout_s, call_timeout_s, join_s):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", THREADED, timeout_s, call_timeout_s, str(join_s)],
+                         capture_output=True, text=True, timeout=join_s + 30)
+    assert run.returncode == 0 and run.stdout.startswith("ok"), run.stderr[-2000:]

@@ -52,6 +52,16 @@ def test_chat_answers_with_prose_and_several_blocks_pass(task, problems):
     assert task.score(problems["HumanEval/53"], f"```python\n{body}```", "chat")["pass@1"] == 1.0
 
 
+def test_chat_answer_keeps_what_the_entry_point_reaches(task, problems):
+    """Top-level code the solution needs (a table built by a loop) stays; a script tail reading stdin
+    (which fails in the sandbox) goes, since the entry point does not reach it."""
+    ex = problems["HumanEval/53"]  # add(x, y)
+    answer = ("```python\nSUMS = {}\nfor a in range(10):\n    for b in range(10):\n        SUMS[a, b] = a + b\n\n"
+              "def add(x: int, y: int):\n    return SUMS[x, y] if (x, y) in SUMS else x + y\n\n"
+              "x, y = map(int, input().split())\nprint(add(x, y))\n```")
+    assert task.score(ex, answer, "chat")["pass@1"] == 1.0
+
+
 WRONG = {
     "HumanEval/0": "    for a, b in zip(numbers, numbers[1:]):\n        if abs(a - b) < threshold:\n            return True\n    return False\n",
     "HumanEval/2": "    return int(number)\n",

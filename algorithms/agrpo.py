@@ -18,6 +18,7 @@ import torch
 
 from dllm_rl.diffusion.likelihood import denoising_step_logprobs
 from dllm_rl.diffusion.masking import stratified_steps
+from dllm_rl.errors import UsageError
 from dllm_rl.rl.algorithm import Algorithm, AlgorithmConfig
 from dllm_rl.rl.kl import KL_ESTIMATORS
 from dllm_rl.rl.surrogate import token_objective
@@ -27,7 +28,7 @@ from dllm_rl.rl.surrogate import token_objective
 class AGRPOConfig(AlgorithmConfig):
     """On-policy (mu 1), group-mean advantages, eps 0.2, no KL by default; 4 revisited steps per
     completion (the forward budget of ESPO's 2 coupled ELBO draws). Needs random remasking during
-    rollouts (registry preset) and temperature > 0."""
+    rollouts (registry preset), temperature > 0 and no early stop (``AGRPO.check_rollout``)."""
 
     mu: int = 1
     baseline: str = "group_mean"
@@ -52,6 +53,20 @@ class AGRPOConfig(AlgorithmConfig):
 class AGRPO(Algorithm):
     Config = AGRPOConfig
     config: AGRPOConfig
+
+    def check_rollout(self, rollout) -> None:
+        """Refuse (UsageError, before any work) rollouts whose trajectory is not the sampled, theta-free
+        chain this objective re-evaluates: early stop's unsampled EOS fill, positions ordered by the
+        model's confidence, or greedy sampling (no density)."""
+        if rollout.early_stop:
+            raise UsageError("agrpo cannot use rollout.early_stop=true: it re-evaluates every denoising step, and early "
+                             "stop fills the tokens after EOS without sampling them; use rollout.early_stop=false")
+        if rollout.remasking != "random":
+            raise UsageError(f"agrpo needs rollout.remasking=random (positions drawn independently of the policy, "
+                             f"its preset), got rollout.remasking={rollout.remasking}: that order depends on the model")
+        if rollout.temperature <= 0:
+            raise UsageError(f"agrpo needs rollout.temperature > 0 (greedy sampling has no per-step density), "
+                             f"got rollout.temperature={rollout.temperature}")
 
     def _steps(self, batch, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Revisited steps and their weights [B, n], keyed by (seed, rollout step, iteration, row)."""

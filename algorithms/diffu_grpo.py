@@ -17,12 +17,12 @@ from dllm_rl.rl.policy_gradient import PolicyGradient, PolicyGradientConfig
 @dataclass
 class DiffuGRPOConfig(PolicyGradientConfig):
     """d1's defaults: mu 12 (8 for Countdown/Sudoku, registry presets), eps 0.5, beta 0.04 with k3,
-    p_mask_prompt 0.15, group-mean advantages scaled by the group std (TRL's GRPO, which d1 extends),
-    loss averaged over the valid tokens of the batch."""
+    p_mask_prompt 0.15, advantages r - group mean as in d1's code (``scale_adv_by_std=true`` divides
+    by the group std, TRL's GRPO form), loss averaged over the valid tokens of the batch."""
 
     mu: int = 12
     baseline: str = "group_mean"
-    scale_adv_by_std: bool = True
+    scale_adv_by_std: bool = False
     likelihood: str = "mean_field"
     action: str = "token"
     p_mask_prompt: float = 0.15

@@ -16,12 +16,12 @@ from dllm_rl.rl.policy_gradient import PolicyGradient, PolicyGradientConfig
 
 @dataclass
 class TokenELBOConfig(PolicyGradientConfig):
-    """d1's GRPO settings (mu 12, eps 0.5, beta 0.04 with k3, std-scaled group-mean advantages,
-    valid-token average) with the ELBO's per-token terms: M=2 coupled, stratified draws."""
+    """d1's GRPO settings (mu 12, eps 0.5, beta 0.04 with k3, advantages r - group mean without std
+    scaling, valid-token average) with the ELBO's per-token terms: M=2 coupled, stratified draws."""
 
     mu: int = 12
     baseline: str = "group_mean"
-    scale_adv_by_std: bool = True
+    scale_adv_by_std: bool = False
     likelihood: str = "elbo"
     action: str = "token"
     num_mc: int = 2

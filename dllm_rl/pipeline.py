@@ -68,6 +68,9 @@ def build_algorithm(run: RunConfig) -> Algorithm:
     cls = registry.get("algorithms", run.algorithm.name).load()
     algorithm = cls(_plugin_config(cls, run.algorithm.params, "algorithm"), seed=run.seed)
     algorithm.rollout = run.rollout
+    check = getattr(algorithm, "check_rollout", None)  # an objective that models the sampler refuses rollouts it cannot
+    if check is not None:
+        check(run.rollout)
     return algorithm
 
 

@@ -163,7 +163,27 @@ def _diff_with_existing(job: Job) -> list[str] | None:
     if old.get("schema") != SCHEMA:
         return None
     return [f"{k}: {a!r} -> {b!r}" for k, a, b in config_differences(
-        _comparable(old.get("config") or {}), _comparable(to_dict(job.run)), _comparable(_defaults(job.run)))]
+        _comparable(_effective(old.get("config") or {}, job.run, old)), _comparable(_effective(to_dict(job.run), job.run)),
+        _comparable(_defaults(job.run)))]
+
+
+def _effective(config: dict[str, Any], run: RunConfig, ran: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` with every algorithm and task option filled in: the values results file ``ran``
+    records its run used (``algorithm_config``, ``task_config``), else today's defaults. A default
+    that changed after a run is then a difference; an option added after it is not."""
+    out = dict(config)
+    for section in ("algorithm", "task"):
+        entry = dict(out.get(section) or {})
+        name = getattr(run, section).name
+        if entry.get("name", name) != name:
+            continue
+        filled = json.loads(json.dumps(_defaults(run)[section]["params"]))
+        recorded = (ran or {}).get(f"{section}_config")
+        if isinstance(recorded, dict):
+            filled.update(recorded)
+        entry["params"] = {**filled, **(entry.get("params") or {})}
+        out[section] = entry
+    return out
 
 
 def _defaults(run: RunConfig) -> dict[str, Any]:

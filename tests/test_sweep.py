@@ -84,7 +84,7 @@ def test_a_plugin_option_pinned_to_its_default_matches_a_run_made_before_it(tmp_
     pinned = ["optim.max_steps=3", "algorithm.negative_weight=1.0", "task.reward=cells"]
     assert sweep.plan(grid(tmp_path, sets=pinned))[0].status == "done"
     changed = sweep.plan(grid(tmp_path, sets=["optim.max_steps=3", "algorithm.negative_weight=0.5", "task.reward=cells"]))[0]
-    assert changed.status == "conflict" and "algorithm.params.negative_weight: None -> 0.5" in changed.detail
+    assert changed.status == "conflict" and "algorithm.params.negative_weight: 1.0 -> 0.5" in changed.detail
 
 
 def test_execute_runs_only_what_is_left_and_survives_a_failure(tmp_path, monkeypatch):

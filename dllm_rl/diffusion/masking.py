@@ -59,10 +59,16 @@ def sample_masks(key: tuple, rows: torch.Tensor, num_rows: int, length: int, *, 
 
 
 def prompt_masks(key: tuple, rows: torch.Tensor, prompt_mask: torch.Tensor, p_mask: float) -> torch.Tensor:
-    """d1's random prompt masking: each real prompt token masked i.i.d. with probability ``p_mask``."""
-    width = prompt_mask.shape[1]
-    draws = torch.stack([torch.rand(width, generator=keyed_generator(*key, "prompt", int(r))) for r in rows])
-    return (draws < p_mask) & prompt_mask.bool()
+    """d1's random prompt masking: each real prompt token masked i.i.d. with probability ``p_mask``.
+
+    A row draws one uniform per real token, in order, so its mask depends only on (key, row) and its
+    own prompt, never on the padded width of its batch (one process and N processes agree)."""
+    real = prompt_mask.bool()
+    out = torch.zeros_like(real)
+    for i, r in enumerate(rows.tolist()):
+        cols = real[i].nonzero().squeeze(1)
+        out[i, cols] = torch.rand(len(cols), generator=keyed_generator(*key, "prompt", int(r))) < p_mask
+    return out
 
 
 def block_masks(key: tuple, rows: torch.Tensor, valid_lengths: torch.Tensor, length: int, block_length: int,

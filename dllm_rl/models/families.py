@@ -231,14 +231,23 @@ def load_native(spec: FamilySpec, folder: Path, dtype: torch.dtype):
     if model_type not in spec.model_types:
         raise UsageError(f"{str(folder)!r} holds a {model_type!r} checkpoint, not {spec.name} "
                          f"(model_type {', '.join(spec.model_types)}); choose its family with --model")
-    try:
+    try:  # mis-shaped tensors are reported in ``info`` (refused below) instead of a multi-line RuntimeError
         model, info = spec.model_class.from_pretrained(str(folder), dtype=dtype, device_map=_device_map(),
-                                                       output_loading_info=True)
+                                                       output_loading_info=True, ignore_mismatched_sizes=True)
     except ValueError as exc:
         raise UsageError(f"cannot build {spec.name} from {str(folder)!r}: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
         raise UsageError(f"cannot read the weights in {str(folder)!r}: {str(exc).splitlines()[0]}") from None
-    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+    mismatched = sorted(info.get("mismatched_keys") or (), key=str)
+    if mismatched:  # transformers gives (name, checkpoint shape, model shape)
+        first = mismatched[0]
+        if isinstance(first, tuple) and len(first) == 3:
+            what = f"{first[0]} has shape {list(first[1])} in the checkpoint, the model expects {list(first[2])}"
+        else:
+            what = f"{first} has the wrong shape"
+        more = f" (+{len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise UsageError(f"{spec.name} checkpoint {str(folder)!r} does not match the model: tensor {what}{more}")
+    for kind in ("missing_keys", "unexpected_keys"):
         bad = sorted(map(str, info.get(kind) or ()))
         if bad:
             more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""

@@ -17,7 +17,7 @@ def test_defaults_follow_d1():
     c = DiffuGRPOConfig()
     assert (c.likelihood, c.action, c.kl, c.beta, c.eps_low, c.eps_high, c.mu, c.p_mask_prompt) == \
         ("mean_field", "token", "k3", 0.04, 0.5, 0.5, 12, 0.15)
-    assert (c.baseline, c.scale_adv_by_std, c.length_norm) == ("group_mean", True, "valid")
+    assert (c.baseline, c.scale_adv_by_std, c.length_norm) == ("group_mean", False, "valid")
 
 
 def test_planning_tasks_use_mu_8():
@@ -25,8 +25,8 @@ def test_planning_tasks_use_mu_8():
     assert resolve_config("diffu-grpo", "countdown", "tiny").algorithm.params["mu"] == 8
 
 
-def test_advantages_are_std_scaled_group_mean():
-    algo = DiffuGRPO(seed=SEED)
+def test_advantages_are_std_scaled_group_mean_on_request():
+    algo = DiffuGRPO(DiffuGRPOConfig(scale_adv_by_std=True), seed=SEED)
     adv = algo.advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), 2)
     # group 1: mean 0.5, std (ddof 1) = sqrt(0.5) -> +-0.5/0.7071; group 2: zero variance -> 0
     assert adv.tolist() == pytest.approx([0.5 / (math.sqrt(0.5) + 1e-4), -0.5 / (math.sqrt(0.5) + 1e-4), 0.0, 0.0])

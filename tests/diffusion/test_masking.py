@@ -169,6 +169,20 @@ def test_prompt_masks_rate_padding_and_determinism():
     assert torch.equal(m[5:9], prompt_masks((0, "mf", 1), torch.arange(5, 9), prompt_mask[5:9], 0.15))
 
 
+def test_a_rows_prompt_mask_ignores_the_batchs_padding():
+    """A row's prompt mask depends only on its key and its own real tokens: the same row alone and
+    left-padded next to a longer prompt gets the same mask over its real tokens, padding never masked."""
+    own = 5
+    alone = prompt_masks((0, "mf", 1), torch.tensor([3]), torch.ones(1, own, dtype=torch.long), 0.5)
+    for width in (6, 9, 17):
+        batch_mask = torch.ones(2, width, dtype=torch.long)
+        batch_mask[0, : width - own] = 0  # row 3 left-padded to row 4's longer prompt
+        m = prompt_masks((0, "mf", 1), torch.tensor([3, 4]), batch_mask, 0.5)
+        assert not bool(m[0, : width - own].any())
+        assert torch.equal(m[0, width - own:], alone[0])
+    assert bool(alone.any()) and not bool(alone.all())  # p = 0.5 over 5 tokens: a real, non-trivial mask
+
+
 # -- SPG block masks ------------------------------------------------------------------------------
 
 from dllm_rl.diffusion.masking import block_masks, stratified_steps  # noqa: E402

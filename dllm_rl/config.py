@@ -17,6 +17,33 @@ import yaml
 from .errors import UsageError
 
 
+def at_least(obj: Any, minimum: float, *names: str) -> None:
+    """ValueError naming the first field of ``names`` below ``minimum`` (None = unset, allowed)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def positive(obj: Any, *names: str) -> None:
+    """ValueError naming the first field of ``names`` that is not > 0."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be greater than 0, got {value}")
+
+
+def in_unit_interval(obj: Any, *names: str) -> None:
+    """ValueError naming the first field of ``names`` outside [0, 1)."""
+    for name in names:
+        value = getattr(obj, name)
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 @dataclass
 class ModelConfig:
     """Which model to load and how: a family or alias (``tiny``, ``llada``, ``llada-1.5``, ``dream``),
@@ -53,6 +80,16 @@ class ModelConfig:
     prompt_style: str | None = None
     """direct or chat; None = the family's default (chat for instruct checkpoints)."""
 
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        at_least(self, 1, "lora_r")
+        positive(self, "lora_alpha")
+        in_unit_interval(self, "lora_dropout")
+        at_least(self, 0, "mask_id")
+        if self.prompt_style not in (None, "direct", "chat"):
+            raise ValueError(f"prompt_style must be direct or chat (or null = the family's), got {self.prompt_style!r}")
+
 
 @dataclass
 class PretrainConfig:
@@ -74,6 +111,13 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
+        at_least(self, 1, "steps", "batch_size", "num_examples", "hidden_size", "num_layers", "num_heads",
+                 "intermediate_size")
+        at_least(self, 0, "warmup", "weight_decay")
+        positive(self, "lr")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must split into num_heads ({self.num_heads}) heads "
+                             "of an even size (rotary embeddings)")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must be in [0, 1] (1 = constant after the warm-up), got {self.min_lr_ratio}")
 
@@ -107,6 +151,19 @@ class RolloutConfig:
     filling them with EOS (exact whenever the model would decode EOS there)."""
 
     def __post_init__(self):
+        at_least(self, 1, "num_prompts", "gen_length", "steps", "block_length")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (advantages compare completions of one prompt), "
+                             f"got {self.group_size}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.remasking not in ("low_confidence", "random", "entropy", "margin"):
+            raise ValueError(f"remasking must be one of low_confidence, random, entropy, margin, got {self.remasking!r}")
+        if self.gen_length is not None and self.steps is not None:
+            blocks = -(-self.gen_length // self.block_length)
+            if self.steps < blocks:
+                raise ValueError(f"steps ({self.steps}) must be at least the number of blocks of gen_length / "
+                                 f"block_length ({blocks})")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1] or null, got {self.threshold}")
         if self.threshold is not None and self.remasking not in ("low_confidence", "margin"):
@@ -143,6 +200,10 @@ class OptimConfig:
     Its horizon is about 1 / (1 - decay) optimizer steps (mu per rollout batch). One process or DDP."""
 
     def __post_init__(self):
+        at_least(self, 1, "max_steps", "micro_batch_size")
+        at_least(self, 0, "weight_decay")
+        positive(self, "lr", "grad_clip")
+        in_unit_interval(self, "beta1", "beta2")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.warmup_steps < 0:
@@ -168,6 +229,10 @@ class EvalConfig:
     score; needs ``every`` > 0). Selection only ever looks at ``val_split``, never at ``split``."""
 
     def __post_init__(self):
+        at_least(self, 0, "every")
+        at_least(self, 1, "batch_size", "max_examples")
+        if self.lengths is not None and (not self.lengths or min(self.lengths) < 1):
+            raise ValueError(f"lengths must be a non-empty list of positive lengths (or null = the task's), got {self.lengths}")
         if self.select not in ("last", "best"):
             raise ValueError(f"select must be last or best, got {self.select!r}")
         if self.select == "best" and self.every <= 0:

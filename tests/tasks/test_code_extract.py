@@ -162,7 +162,7 @@ def test_constant_chosen_by_an_if_and_the_entry_points_reach():
     assert _passes(extract_code(text, entry_point="power"), ["assert power(2, 10) == 2"])
 
 
-# evalplus's own sanitizer tests (evalplus/evalplus tests/test_treesitter_sanitizer.py), inputs and expected
+# EvalPlus's own sanitizer test cases, inputs and expected
 # outputs verbatim. Where ours differs from evalplus, the expected top-level statements say how.
 EVALPLUS_CASES = [
     ("""Following is the code snippet:

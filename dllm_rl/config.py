@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .diffusion.sampler import REMASKING
 from .errors import UsageError
 
 
@@ -157,8 +158,8 @@ class RolloutConfig:
                              f"got {self.group_size}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.remasking not in ("low_confidence", "random", "entropy", "margin"):
-            raise ValueError(f"remasking must be one of low_confidence, random, entropy, margin, got {self.remasking!r}")
+        if self.remasking not in REMASKING:
+            raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         if self.gen_length is not None and self.steps is not None:
             blocks = -(-self.gen_length // self.block_length)
             if self.steps < blocks:

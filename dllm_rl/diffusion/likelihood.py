@@ -67,12 +67,12 @@ def elbo_terms(logits_fn, seqs: Sequences, mask_id: int, key: tuple, *, num_samp
                coupled: bool = True, stratified: bool = True) -> torch.Tensor:
     """Per-token contributions L^k [B, L] of the discrete-masking sequence ELBO (their sum over k
     is the ELBO estimate), averaged over ``num_samples`` Monte-Carlo mask draws keyed by ``key``."""
-    b, length = seqs.completion_ids.shape
-    total = torch.zeros(b, length)
+    length = seqs.completion_ids.shape[1]
+    total = 0.0
     for m in range(num_samples):
         masked, weight = sample_masks((*key, m), seqs.rows.cpu(), seqs.num_rows, length, coupled=coupled, stratified=stratified)
         logp = masked_logprobs(logits_fn, seqs, masked.to(seqs.completion_ids.device), mask_id)  # fp32, logits' device
-        masked, weight, total = masked.to(logp.device), weight.to(logp.device, torch.float32), total.to(logp.device)
+        masked, weight = masked.to(logp.device), weight.to(logp.device, torch.float32)
         total = total + (masked * weight[..., None] * logp).sum(1) / masked.shape[1]
     return total / num_samples
 

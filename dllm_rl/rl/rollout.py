@@ -39,13 +39,15 @@ class RolloutBatch:
 
     def select(self, idx: torch.Tensor) -> "RolloutBatch":
         """The rows ``idx`` as a micro-batch (full-batch constants kept)."""
-        sliced = {f.name: getattr(self, f.name)[idx] for f in fields(self)
-                  if isinstance(getattr(self, f.name), torch.Tensor)}
-        return replace(self, **sliced)
+        return self._map(lambda t: t[idx])
 
     def to(self, device: torch.device | str) -> "RolloutBatch":
         """The batch with every tensor on ``device`` (the model's, so losses never mix devices)."""
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
+        return self._map(lambda t: t.to(device))
+
+    def _map(self, fn) -> "RolloutBatch":
+        """The batch with ``fn`` applied to every tensor field (scalars kept)."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def micro_batches(self, size: int):

@@ -51,6 +51,9 @@ class AGRPOConfig(AlgorithmConfig):
 
 
 class AGRPO(Algorithm):
+    progress_metrics = ("kl", "clip_frac")
+    """Step metrics shown on the live progress line."""
+
     Config = AGRPOConfig
     config: AGRPOConfig
 

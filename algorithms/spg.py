@@ -53,6 +53,9 @@ class SPGConfig(AlgorithmConfig):
 
 
 class SPG(Algorithm):
+    progress_metrics = ("lower_bound", "upper_bound")
+    """Step metrics shown on the live progress line."""
+
     Config = SPGConfig
     config: SPGConfig
 

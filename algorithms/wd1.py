@@ -40,6 +40,9 @@ def group_softmax(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 
 class WD1(Algorithm):
+    progress_metrics = ("mean_field",)
+    """Step metrics shown on the live progress line."""
+
     Config = WD1Config
     config: WD1Config
 

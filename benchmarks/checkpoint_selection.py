@@ -83,8 +83,7 @@ def main(argv=None):
                                      "eval.every and output.keep_checkpoints=0")
                 adapter.model.load_state_dict(base_state)
                 ckpt.load_policy(adapter.model, folder)
-                m = evaluate(adapter, task, run.eval.split, [length], run.eval.batch_size, run.eval.max_examples,
-                             run.rollout.block_length)
+                m = evaluate(adapter, task, run.eval.split, [length], run.eval.batch_size, run.eval.max_examples, run)
                 scores[step] = m[key][metric]
             return scores[step]
 

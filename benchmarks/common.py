@@ -15,7 +15,7 @@ import torch
 from dllm_rl.models.adapter import ModelAdapter
 from dllm_rl.models.llada import LLaDAConfig, LLaDAModelLM
 from dllm_rl.models.tiny import TinyDLM, TinyDLMConfig
-from dllm_rl.results import atomic_write_text
+from dllm_rl.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "benchmarks"

@@ -42,7 +42,7 @@ from dllm_rl.models.families import NATIVE  # noqa: E402
 from dllm_rl.models.layers import RMSNorm  # noqa: E402
 from dllm_rl.models.llada import LLaDAConfig, LLaDAModelLM  # noqa: E402
 from dllm_rl.models.lora import apply_lora  # noqa: E402
-from dllm_rl.results import atomic_write_text  # noqa: E402
+from dllm_rl.atomic import atomic_write_text  # noqa: E402
 from dllm_rl.rl.rollout import RolloutBatch  # noqa: E402
 from dllm_rl.trainer import disable_dropout  # noqa: E402
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import MODELS, ROOT, machine, md_table, read_json, write_json  # noqa: E402
-from dllm_rl.results import atomic_write_text  # noqa: E402
+from dllm_rl.atomic import atomic_write_text  # noqa: E402
 
 UPDATES = [(1, "iteration"), (2, "iteration"), (2, "rollout")]
 

@@ -4,21 +4,24 @@ A checkpoint is a folder ``<run_dir>/checkpoints/step-NNNNNN`` written atomicall
 then rename) holding accelerate's state (optimizer, scheduler, per-process RNG states, and the
 sharded model for FSDP/DeepSpeed), the policy's trainable weights (``model.safetensors`` for full
 fine-tuning, ``adapter_model.safetensors`` for LoRA), ``trainer_state.json`` (step, data position,
-curve, validation, best) and, written last, ``manifest.json`` with every file's size and CRC-32."""
+curve, validation, best) and, written last, ``manifest.json`` with every file's size and CRC-32.
+``CheckpointManager`` is what the trainer uses: save, verify and load, retention, resume."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from .errors import UsageError
-from .results import atomic_write_text
+from .atomic import atomic_write_text
+from .distributed import broadcast_from_main, collective_write_dir
+from .errors import OutputError, UsageError
 
 FORMAT = 1
 STATE_FILE = "trainer_state.json"
@@ -172,3 +175,140 @@ def load_policy(model: torch.nn.Module, folder: Path) -> None:
     from safetensors.torch import load_model
 
     load_model(model, str(folder / "model.safetensors"), strict=True)
+
+
+# -- the trainer's interface ------------------------------------------------------------------------
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class CheckpointManager:
+    """Full-state checkpoints of one run folder for a trainer on accelerate: every process writes its
+    share into one atomic folder (weights in our format, optimizer and RNG states by accelerate),
+    loads are verified against the manifest and the run's configuration, retention keeps the newest
+    ``keep``. A write that fails (disk full) is one line naming the folder and the intact checkpoint."""
+
+    def __init__(self, accelerator, run_dir: Path | None, policy: torch.nn.Module, config: dict[str, Any],
+                 keep: int = 0, ema=None, tokenizer=None, sharded: bool = False):
+        self.accelerator, self.run_dir, self.policy, self.config = accelerator, run_dir, policy, config
+        self.keep, self.ema, self.tokenizer = keep, ema, tokenizer
+        self.is_main = accelerator.is_main_process
+        if not sharded:  # FSDP/DeepSpeed save their sharded model through accelerate itself
+            accelerator.register_save_state_pre_hook(self._save_model_hook)
+            accelerator.register_load_state_pre_hook(self._load_model_hook)
+
+    def _save_model_hook(self, models, weights, output_dir) -> None:
+        """accelerate's save_state writes optimizer and RNG states; the policy goes in our format
+        (trainable weights only, without wrapper prefixes: loadable with any process count)."""
+        weights.clear()
+        if self.is_main:
+            save_policy(self.policy, Path(output_dir))
+            if self.ema is not None:
+                self.ema.save(Path(output_dir))
+
+    def _load_model_hook(self, models, input_dir) -> None:
+        load_policy(self.policy, Path(input_dir))
+        if self.ema is not None:
+            self.ema.load(Path(input_dir))
+        models.clear()
+
+    @property
+    def best_path(self) -> Path:
+        return checkpoints_dir(self.run_dir) / BEST
+
+    def write(self, path: Path, state: dict[str, Any]) -> Path:
+        """Write a checkpoint folder at ``path`` holding ``state`` (step, data position, training state)."""
+        def fill(tmp: Path) -> None:
+            self.accelerator.save_state(str(tmp))
+            self.accelerator.wait_for_everyone()
+            if self.is_main:
+                if hasattr(self.tokenizer, "save_pretrained"):
+                    self.tokenizer.save_pretrained(tmp)
+                record = {"format": FORMAT, "config": self.config, "num_processes": self.accelerator.num_processes, **state}
+                atomic_write_text(tmp / STATE_FILE, json.dumps(record, indent=1) + "\n")
+                write_manifest(tmp)
+
+        with self.reporting_write_errors(path):
+            collective_write_dir(self.accelerator, path, fill)
+        return path
+
+    def save_step(self, state: dict[str, Any]) -> Path:
+        """A step checkpoint (``state["step"]``), then retention of the newest ``keep``."""
+        path = self.write(step_dir(self.run_dir, state["step"]), state)
+        if self.is_main:
+            prune(self.run_dir, self.keep)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Restore weights, optimizer and RNG states from ``path``; returns its saved state. One-line
+        errors when it is corrupt or was written by a different run configuration."""
+        problem = None
+        if self.is_main:  # checksums are read once, by the main process
+            try:
+                verify(path)
+            except UsageError as exc:
+                problem = str(exc)
+        problem = broadcast_from_main(self.accelerator, problem)
+        if problem:
+            raise UsageError(problem)
+        saved = verify(path, checksums=False)
+        changes = config_changes(saved["config"], self.config)
+        if changes:
+            raise UsageError(f"checkpoint {str(path)!r} belongs to another configuration ({'; '.join(changes[:3])}); "
+                             "resume with the same settings or use a new --run-dir")
+        try:
+            self.accelerator.load_state(str(path))
+        except Exception as exc:  # damaged files fail in many ways (safetensors, pickle, zip, torch)
+            why = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
+            why = f"{type(exc).__name__}: {why}" if why else type(exc).__name__
+            raise UsageError(f"checkpoint {str(path)!r} could not be loaded ({why}); delete it to resume from an "
+                             "earlier one, or run without --resume") from None
+        return saved
+
+    def start(self, resume: bool, checkpoint_every: int) -> Path | None:
+        """Before training: with ``resume``, the newest checkpoint (to ``load``); without, refuse a
+        folder holding another run's step checkpoints (retention would delete the new run's own
+        ones, and a later --resume could pick the old ones). Cleans leftovers of interrupted writes."""
+        if self.run_dir is None:
+            if resume:
+                raise UsageError("--resume needs a run folder")
+            return None
+        path = None
+        if resume:
+            path = latest(self.run_dir)
+        elif checkpoint_every and step_checkpoints(self.run_dir):
+            raise UsageError(f"{str(checkpoints_dir(self.run_dir))!r} holds checkpoints of an earlier run: pass "
+                             "--resume to continue it, or delete them or choose another --run-dir")
+        if self.is_main:
+            clean_temporary(self.run_dir)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def intact(self) -> str:
+        """Which checkpoint a failed write left to resume from, in words."""
+        found = step_checkpoints(self.run_dir) if self.run_dir is not None else []
+        if not found:
+            return "no step checkpoint was written yet, so the run starts afresh"
+        return f"the last complete checkpoint is {str(found[-1][1])!r}: free space and rerun with --resume"
+
+    def reporting_write_errors(self, path: Path):
+        return reporting_write_errors(path, self.intact)
+
+
+class reporting_write_errors:
+    """Turns an OSError while writing ``path`` (disk full, read-only, permission) into one line naming
+    the path and, through ``after()``, what is still intact and how to go on."""
+
+    def __init__(self, path: Path, after: Callable[[], str] | None = None):
+        self.path, self.after = path, after
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or not issubclass(kind, OSError):
+            return False
+        why = "no space left on the device" if exc.errno in NO_SPACE else (exc.strerror or str(exc))
+        more = f"; {self.after()}" if self.after is not None else ""
+        raise OutputError(f"could not write {str(self.path)!r} ({why}){more}") from None

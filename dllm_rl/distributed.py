@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from .errors import UsageError
-from .results import atomic_write_dir
+from .atomic import atomic_write_dir
 from .task import Example, Task
 
 
@@ -117,7 +117,7 @@ def broadcast_from_main(accelerator, value: Any) -> Any:
 
 
 def collective_write_dir(accelerator, path: Path, fill: Callable[[Path], None]) -> Path:
-    """``results.atomic_write_dir`` for a folder every process writes into (accelerate's checkpoint
+    """``atomic.atomic_write_dir`` for a folder every process writes into (accelerate's checkpoint
     shards, per-process RNG states): the main process creates the temporary folder and renames it
     once all processes have returned from ``fill(tmp)``."""
     if accelerator.num_processes == 1:
@@ -137,3 +137,14 @@ def collective_write_dir(accelerator, path: Path, fill: Callable[[Path], None]) 
         accelerator.wait_for_everyone()
     accelerator.wait_for_everyone()  # the rename is done before anyone reads the folder
     return path
+
+
+def configure_deepspeed(accelerator, micro_batch_size: int, num_micro: int, grad_clip: float) -> None:
+    """Under DeepSpeed, our loop decides batch sizes, accumulation and clipping, not the DS config:
+    write ours into it (DeepSpeed checks train_batch = micro x accumulation x processes)."""
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = micro_batch_size
+    ds["gradient_accumulation_steps"] = num_micro
+    ds["train_batch_size"] = micro_batch_size * num_micro * accelerator.num_processes
+    ds["gradient_clipping"] = grad_clip
+    accelerator.gradient_accumulation_steps = num_micro

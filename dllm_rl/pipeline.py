@@ -14,6 +14,7 @@ import torch
 from . import __version__, registry
 from .config import RunConfig, from_dict, load_yaml, merge, parse_override, set_path, to_dict
 from .errors import UsageError
+from .evaluation import decoding_record
 from .models.adapter import ModelAdapter
 from .results import SCHEMA, result_filename, without_seconds, write_result
 from .rl.algorithm import Algorithm
@@ -84,18 +85,6 @@ def gen_length_of(run: RunConfig, task: Task, style: str) -> int:
     return run.rollout.gen_length or task.protocol(style).lengths[0]
 
 
-def _writable(folder: str) -> Path:
-    path = Path(folder)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"output folder {folder!r} is not writable ({exc.strerror or exc}); choose another with --results-dir/--run-dir") from None
-    return path
-
-
 def versions() -> dict[str, str]:
     import accelerate
     import transformers
@@ -113,31 +102,58 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     only the main process writes files. ``resume`` continues from the run folder's newest checkpoint."""
     from accelerate import PartialState
 
+    from . import checkpoint as ckpt
+    from .outputs import check_outputs, check_space, checkpoint_bytes
+    from .progress import RunProgress
     from .runlog import write_run_info
     from .trainer import Trainer
 
     procs = PartialState(cpu=not torch.cuda.is_available())
-    results_dir = _writable(run.output.results_dir)
     run_name = result_filename(run.model.name, run.task.name, run.algorithm.name, run.seed, run.output.label)[:-5]
-    run_dir = _writable(run.output.run_dir) / run_name
+    results_dir, run_dir = Path(run.output.results_dir), Path(run.output.run_dir) / run_name
+    path = results_dir / f"{run_name}.json"
+    if resume:
+        ckpt.latest(run_dir)  # nothing to resume: one line before any folder is made or model loaded
+    if procs.is_main_process:
+        check_outputs(results_dir, path, run_dir)
+    procs.wait_for_everyone()
+    if progress is None or isinstance(progress, bool):
+        progress = RunProgress(enabled=progress is not False and procs.is_main_process)
+    elif not isinstance(progress, RunProgress):
+        progress = RunProgress(progress)  # a rich Progress the caller started
+    with progress:
+        return _run(run, procs, run_dir, path, progress, on_step, train, final_eval, resume)
+
+
+def _run(run: RunConfig, procs, run_dir: Path, path: Path, progress, on_step, train: bool, final_eval: bool,
+         resume: bool) -> dict[str, Any]:
+    from .checkpoint import reporting_write_errors
+    from .outputs import check_space, checkpoint_bytes
+    from .runlog import provenance, write_run_info
+    from .trainer import Trainer
+
     task, algorithm = build_task(run), build_algorithm(run)
     timing: dict[str, Any] = {}
     t0 = time.perf_counter()
     with procs.main_process_first():  # a family that builds and caches its base model does it once
-        adapter = load_model(run, task, progress if procs.is_main_process else None)
+        adapter = load_model(run, task, progress.rich)
     style = adapter.prompt_style
     gen_length = gen_length_of(run, task, style)
     protocol = task.protocol(style)
     lengths = run.eval.lengths or list(protocol.lengths)
     timing["model_s"] = round(time.perf_counter() - t0, 2)
     e = run.eval
-    trainer = Trainer(run, adapter, task, algorithm, gen_length, run_dir=run_dir, on_step=on_step)
+    if train and procs.is_main_process:
+        checkpoints = bool(run.output.checkpoint_every) or (e.select == "best" and bool(e.every))
+        check_space(run_dir, checkpoint_bytes(adapter.model, checkpoints, run.output.save_model),
+                    "one checkpoint" + (" and the final model" if run.output.save_model else ""))
+    trainer = Trainer(run, adapter, task, algorithm, gen_length, run_dir=run_dir, on_step=on_step, progress=progress)
     resumed_from = trainer.start(resume)
     if procs.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_info(run_dir, to_dict(run), {"num_processes": procs.num_processes,
-                                               "distributed_type": str(procs.distributed_type),
-                                               "resumed_from": None if resumed_from is None else str(resumed_from)})
+        with reporting_write_errors(run_dir):
+            write_run_info(run_dir, to_dict(run), {"num_processes": procs.num_processes,
+                                                   "distributed_type": str(procs.distributed_type),
+                                                   "resumed_from": None if resumed_from is None else str(resumed_from)})
     base = None
     if e.base:
         t = time.perf_counter()
@@ -159,7 +175,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         if trainer.ema is not None:
             evaluated += f", weight average (EMA, decay {trainer.ema.decay})"
         t = time.perf_counter()
-        metrics = trainer.evaluate(e.split, lengths)
+        metrics = trainer.evaluate(e.split, lengths, phase=f"final evaluation ({e.split})")
         timing["eval_s"] = round(time.perf_counter() - t, 2)
     trainer.finish()
     timing["total_s"] = round(time.perf_counter() - t0, 2)
@@ -173,8 +189,9 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
         "algorithm_config": dataclasses.asdict(algorithm.config),
         "task_config": dataclasses.asdict(task.config),
         "versions": versions(),
+        "provenance": provenance({"algorithm": run.algorithm.name, "task": run.task.name, "model": run.model.name}),
         "protocol": {"split": e.split, "lengths": lengths, "primary_metric": protocol.primary_metric, "style": style,
-                     "decoding": f"greedy, low-confidence remasking, blocks of {r.block_length}, L/2 steps",
+                     "decoding": decoding_record(run),
                      "shots": protocol.shots, "prompt": protocol.prompt, "parser": protocol.parser},
         "base": without_seconds(base),
         "metrics": without_seconds(metrics),
@@ -184,9 +201,11 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
             "best_validation": state.best, "evaluated_weights": evaluated},
         "timing": timing,
     }
-    path = results_dir / f"{run_name}.json"
     if procs.is_main_process:
-        write_result(path, result)
+        final = run_dir / "final" if train and run.output.save_model else None
+        with reporting_write_errors(path, lambda: f"the trained model is in {str(final)!r}" if final else
+                                    "rerun with --resume to continue from the last checkpoint"):
+            write_result(path, result)
     procs.wait_for_everyone()
     result["_path"] = str(path)
     return result
@@ -197,7 +216,7 @@ def _base_metrics(trainer, run_dir: Path, split: str, lengths: list[int], reuse:
     resumed run reuses the ones its first launch saved in the run folder."""
     import json
 
-    from .results import atomic_write_text
+    from .atomic import atomic_write_text
 
     path = run_dir / "base_metrics.json"
     key = {"split": split, "lengths": lengths, "max_examples": trainer.run.eval.max_examples,
@@ -209,7 +228,7 @@ def _base_metrics(trainer, run_dir: Path, split: str, lengths: list[int], reuse:
                 return saved["metrics"]
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    metrics = trainer.evaluate(split, lengths, base=True)
+    metrics = trainer.evaluate(split, lengths, base=True, phase=f"base model evaluation ({split})")
     if trainer.is_main:
         atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
     return metrics

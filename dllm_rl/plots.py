@@ -6,7 +6,8 @@ import io
 from pathlib import Path
 from typing import Any
 
-from .results import atomic_write_bytes, curves
+from .atomic import atomic_write_bytes
+from .results import curves
 
 
 _LINESTYLES = ("-", "--", ":", "-.")

@@ -1,40 +1,18 @@
-"""Results files (one JSON per model/algorithm/task/seed run), atomic writes, and the leaderboard."""
+"""Results files (one JSON per model/algorithm/task/seed run) and the leaderboard."""
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_bytes, atomic_write_dir, atomic_write_text  # noqa: F401  (re-exported)
 from .errors import UsageError
 
 SCHEMA = "dllm-rl/result/v1"
 TIMING_KEYS = ("timing",)
 """Fields that legitimately differ between two identical runs (wall-clock); all else is reproducible."""
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and an atomic rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and an atomic rename: never a half-written file."""
-    atomic_write_bytes(path, text.encode())
 
 
 def write_result(path: str | Path, result: dict[str, Any]) -> Path:
@@ -279,25 +257,6 @@ def curves(results: list[dict[str, Any]], key: str = "reward", smooth: int = 1,
             "step": [float(s) for s in steps], "mean": [statistics.fmean(by_step[s]) for s in steps],
             "err": [spread(by_step[s], error) for s in steps], "n": [float(len(by_step[s])) for s in steps]}
     return out
-
-
-def atomic_write_dir(path: str | Path, write) -> Path:
-    """Fill a temporary sibling folder with ``write(tmp)``, then swap it into ``path``: a reader
-    never sees a half-written checkpoint, and an interrupted write leaves the old one intact."""
-    import shutil
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
-        write(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
 
 
 def without_seconds(metrics: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import UsageError
-from .results import atomic_write_text
+from .atomic import atomic_write_text
 
 PACKAGES = ("dllm-rl", "torch", "transformers", "accelerate", "peft", "tokenizers", "safetensors", "numpy",
             "click", "rich", "pyyaml", "deepspeed", "tensorboard", "wandb")
@@ -43,6 +43,28 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def provenance(plugins: dict[str, str]) -> dict[str, Any]:
+    """What produced a results file beyond package versions: the git commit of this checkout and,
+    for each chosen plugin (``{"algorithm": name, ...}``), where it came from and its distribution's
+    version (a plugin package's own version, or dllm-rl's for built-ins)."""
+    from . import registry
+
+    out: dict[str, Any] = {"git": git_commit(), "plugins": {}}
+    for kind, name in plugins.items():
+        try:
+            entry = registry.model(name) if kind == "model" else registry.get(f"{kind}s", name)
+        except UsageError:  # e.g. a data task, resolved outside the registry
+            out["plugins"][kind] = {"name": name}
+            continue
+        dist = entry.source[len("entry point ("):-1] if entry.source.startswith("entry point (") else "dllm-rl"
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        out["plugins"][kind] = {"name": name, "target": entry.target, "distribution": dist, "version": version}
     return out
 
 

@@ -22,7 +22,8 @@ from typing import Any, Callable
 from . import registry
 from .config import RunConfig, config_differences, load_yaml, to_dict
 from .errors import UsageError
-from .results import SCHEMA, atomic_write_text, result_filename
+from .atomic import atomic_write_text
+from .results import SCHEMA, result_filename
 
 
 @dataclass

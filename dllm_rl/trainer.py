@@ -9,7 +9,6 @@ are normalised by the global batch, and gradients summed over processes equal th
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,15 +21,17 @@ from . import checkpoint as ckpt
 from .config import RunConfig, to_dict
 from .diffusion.masking import keyed_generator
 from .diffusion.sampler import SamplerConfig, generate, left_pad
-from .distributed import (TaskShard, broadcast_from_main, collective_write_dir, combine_eval, gather_objects, gather_rows, my_prompts,
-                          reduce_metrics, shard_batch_size, sum_int)
+from .distributed import (TaskShard, combine_eval, configure_deepspeed, gather_objects, gather_rows, my_prompts, reduce_metrics,
+                          shard_batch_size, sum_int)
 from .errors import UsageError
 from .evaluation import evaluate
 from .models.adapter import ModelAdapter
-from .results import atomic_write_dir, atomic_write_text, without_seconds
+from .atomic import atomic_write_dir
+from .results import without_seconds
 from .rl.advantages import zero_variance_fraction
 from .rl.algorithm import Algorithm
 from .rl.rollout import RolloutBatch, valid_token_mask
+from .progress import RunProgress
 from .runlog import StepLog, check_trackers, scalars
 from .task import Task
 from .weight_average import WeightAverage
@@ -60,6 +61,16 @@ def lr_factor(optimizer_step: int, total_steps: int, warmup_steps: int, schedule
 
 
 @dataclass
+class StepSamples:
+    """One rollout step's text side, passed to logging: this step's prompts (global batch order),
+    and this process's completions and rewards (row order)."""
+
+    prompts: list[dict]
+    texts: list[str]
+    rewards: list[float]
+
+
+@dataclass
 class TrainState:
     """Everything about training so far that is not a tensor; saved in every checkpoint."""
 
@@ -73,11 +84,13 @@ class TrainState:
 
 
 class Trainer:
-    """One RL run on this process's share of the work: ``start`` (fresh or ``--resume``), ``train``,
-    ``evaluate`` (sharded), ``save`` (Hugging Face export) and full-state checkpoints."""
+    """One RL run on this process's share of the work: ``start`` (fresh or ``--resume``), ``train``
+    (rollout, update), ``evaluate`` (sharded) and ``save`` (Hugging Face export); full-state
+    checkpoints through ``self.checkpoints`` (``checkpoint.CheckpointManager``)."""
 
     def __init__(self, run: RunConfig, adapter: ModelAdapter, task: Task, algorithm: Algorithm,
-                 gen_length: int, run_dir: Path | None = None, on_step: Callable[[int, dict], None] | None = None):
+                 gen_length: int, run_dir: Path | None = None, on_step: Callable[[int, dict], None] | None = None,
+                 progress: RunProgress | None = None):
         from accelerate import Accelerator
         from accelerate.utils import DistributedType, ProjectConfiguration
 
@@ -92,6 +105,7 @@ class Trainer:
         self.accelerator = acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None,
                                              project_config=project)
         self.is_main = acc.is_main_process
+        self.progress = progress if self.is_main else None
         r, o = run.rollout, run.optim
         self.my_prompts = my_prompts(r.num_prompts, acc.process_index, acc.num_processes)
         local_rows = len(self.my_prompts) * r.group_size
@@ -99,14 +113,8 @@ class Trainer:
         self.deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
         fsdp1 = acc.distributed_type == DistributedType.FSDP and not getattr(acc, "is_fsdp2", False)
         self.sharded_states = self.deepspeed or acc.distributed_type == DistributedType.FSDP
-        if self.deepspeed:  # our loop decides batch sizes, accumulation and clipping, not the DS config
-            ds = acc.state.deepspeed_plugin.deepspeed_config
-            micro = min(o.micro_batch_size, local_rows)
-            ds["train_micro_batch_size_per_gpu"] = micro
-            ds["gradient_accumulation_steps"] = self.num_micro
-            ds["train_batch_size"] = micro * self.num_micro * acc.num_processes  # DeepSpeed's consistency check
-            ds["gradient_clipping"] = o.grad_clip
-            acc.gradient_accumulation_steps = self.num_micro
+        if self.deepspeed:
+            configure_deepspeed(acc, min(o.micro_batch_size, local_rows), self.num_micro, o.grad_clip)
 
         if o.ema_decay and self.sharded_states:
             raise UsageError("optim.ema_decay needs one process or DDP: under FSDP and DeepSpeed the weights are sharded")
@@ -126,9 +134,8 @@ class Trainer:
         if o.ema_decay:
             self.ema = WeightAverage([(n, p) for n, p in self.policy.named_parameters() if p.requires_grad], o.ema_decay)
         adapter.model = self.plain
-        if not self.sharded_states:
-            acc.register_save_state_pre_hook(self._save_model_hook)
-            acc.register_load_state_pre_hook(self._load_model_hook)
+        self.checkpoints = ckpt.CheckpointManager(acc, run_dir, self.policy, to_dict(run), run.output.keep_checkpoints,
+                                                  self.ema, adapter.tokenizer, sharded=self.sharded_states)
         if trackers:
             config = {k: str(v) if isinstance(v, list) else v for k, v in _flat(to_dict(run)).items()}
             acc.init_trackers("dllm-rl", config=config, init_kwargs={"wandb": {"name": run_dir.name}})
@@ -162,12 +169,12 @@ class Trainer:
             out.append(self.train_examples[int(order[i])])
         return out
 
-    def rollout(self, step: int) -> tuple[RolloutBatch, list[str]]:
+    def rollout(self, step: int) -> tuple[RolloutBatch, StepSamples]:
         """Sample G completions for each of this process's prompts, score them and compute advantages.
         Rows carry their global index (p * G + j for prompt p), which keys noise and masks."""
         g = self.run.rollout.group_size
         style = self.adapter.prompt_style
-        batch_prompts = self._step_prompts = self._prompts_for(step)
+        batch_prompts = self._prompts_for(step)
         examples = [batch_prompts[p] for p in self.my_prompts for _ in range(g)]
         prompts = [self.adapter.encode_prompt(self.task.prompt(ex, style)) for ex in examples]
         gens = [keyed_generator(self.run.seed, "rollout", step, ex["id"], j % g) for j, ex in enumerate(examples)]
@@ -176,8 +183,8 @@ class Trainer:
         out = generate(self.adapter.logits, prompts, self.adapter.mask_id, self.adapter.pad_id, self.sampler, gens, cache_fns)
         self.adapter.model.train()
         texts = [self.adapter.decode(row) for row in out.completions]
-        self._step_rewards = [float(r) for r in self.task.rewards(examples, texts, style)]
-        rewards = torch.tensor(self._step_rewards)
+        reward_values = [float(r) for r in self.task.rewards(examples, texts, style)]
+        rewards = torch.tensor(reward_values)
         prompt_ids, prompt_mask = left_pad(prompts, self.adapter.pad_id)
         valid = valid_token_mask(out.completions, tuple(self.adapter.stop_ids) or (self.adapter.eos_id,))
         rows = torch.tensor([p * g + j for p in self.my_prompts for j in range(g)])
@@ -188,7 +195,7 @@ class Trainer:
                              step=step, num_rows=k * g, num_groups=k,
                              total_valid_tokens=sum_int(self.accelerator, int(valid.sum())))
         self.state.rollout_nfe = round(float(out.row_nfe.float().mean()), 2)  # per sample; rows may stop early
-        return batch, texts
+        return batch, StepSamples(prompts=batch_prompts, texts=texts, rewards=reward_values)
 
     # -- update -----------------------------------------------------------------------------------
     def _sync_context(self, last: bool):
@@ -274,36 +281,38 @@ class Trainer:
         finally:
             self.adapter.model = self.plain
 
-    def evaluate(self, split: str, lengths: list[int], base: bool = False) -> dict[str, dict[str, float]]:
+    def evaluate(self, split: str, lengths: list[int], base: bool = False, phase: str | None = None) -> dict[str, dict[str, float]]:
         """``evaluation.evaluate`` with the examples sharded over processes (every process gets the
         combined metrics); ``base`` scores the starting weights instead of the current policy, whose
-        weight average stands in for it when there is one."""
-        if base:
-            with self._base_model():
-                return self._evaluate(split, lengths)
-        with self._scored_weights():
-            return self._evaluate(split, lengths)
+        weight average stands in for it when there is one. ``phase`` names its progress bar."""
+        bar = None if self.progress is None else self.progress.bar(phase or f"evaluating ({split})", None)
+        with self._base_model() if base else self._scored_weights():
+            result = self._evaluate(split, lengths, bar)
+        if bar is not None:
+            primary = next(iter(result.values())).get(self.primary)
+            bar.finish("" if primary is None else f"{self.primary} {100 * primary:.1f}")
+        return result
 
     def _scored_weights(self):
         """The weights evaluation and export use: the weight average in place while there is one."""
         return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
-    def _evaluate(self, split: str, lengths: list[int]) -> dict[str, dict[str, float]]:
+    def _evaluate(self, split: str, lengths: list[int], bar=None) -> dict[str, dict[str, float]]:
         e, acc = self.run.eval, self.accelerator
-        block = self.run.rollout.block_length
         if acc.num_processes == 1:
-            return evaluate(self.adapter, self.task, split, lengths, e.batch_size, e.max_examples, block)
+            return evaluate(self.adapter, self.task, split, lengths, e.batch_size, e.max_examples, self.run, bar)
         examples = self.task.examples(split)[:e.max_examples]
         if len(examples) < acc.num_processes:
             raise UsageError(f"{split} split: {len(examples)} examples for {acc.num_processes} processes; "
                              "evaluate on at least one example per process (eval.max_examples)")
         mine = examples[acc.process_index::acc.num_processes]
         bs = shard_batch_size(len(examples), acc.num_processes, e.batch_size, len(mine))
-        part = evaluate(self.adapter, TaskShard(self.task, split, mine), split, lengths, bs, None, block)
+        part = evaluate(self.adapter, TaskShard(self.task, split, mine), split, lengths, bs, None, self.run, bar)
         return combine_eval(gather_objects(acc, [part]), self.primary)
 
-    def validate(self) -> dict[str, Any]:
-        return self.evaluate(self.run.eval.val_split, [self.gen_length])
+    def validate(self, step: int | None = None) -> dict[str, Any]:
+        where = "" if step is None else f" at step {step}"
+        return self.evaluate(self.run.eval.val_split, [self.gen_length], phase=f"validation{where}")
 
     # -- loop -------------------------------------------------------------------------------------
     def train(self) -> TrainState:
@@ -316,16 +325,21 @@ class Trainer:
             metrics_log = StepLog(self.run_dir / "metrics.jsonl", resumed)
             if self.run.output.completions != "none":
                 completions_log = StepLog(self.run_dir / f"completions.{self.run.output.completions}", resumed)
+        bar = None
+        if self.progress is not None:
+            bar = self.progress.bar("RL training", self.run.optim.max_steps)
+            bar.update(completed=self.state.step)
+        shown = tuple(getattr(self.algorithm, "progress_metrics", ()))
         try:
             for step in range(self.state.step, self.run.optim.max_steps):
                 start = time.perf_counter()
-                batch, texts = self.rollout(step)
+                batch, samples = self.rollout(step)
                 rollout_s = time.perf_counter() - start
                 m = self.update(batch)
                 rewards, advantages = gather_rows(self.accelerator, batch.rows, batch.rewards, batch.advantages)
                 m.update(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()),
                          zero_var_frac=zero_variance_fraction(rewards, g), rollout_nfe=self.state.rollout_nfe)
-                self._log_completions(completions_log, batch, texts)
+                self._log_completions(completions_log, batch, samples)
                 seconds = time.perf_counter() - start
                 self.state.curve.append({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()})
                 self.state.step_seconds.append(round(seconds, 3))
@@ -336,18 +350,22 @@ class Trainer:
                     metrics_log.write({**m, "seconds": seconds, "rollout_seconds": rollout_s})
                 self.accelerator.log(scalars({**m, "seconds": seconds}), step=step)
                 if every and self.run_dir is not None and (step + 1) % every == 0:
-                    self.save_checkpoint()
+                    self.checkpoints.save_step(self._checkpoint_state())
+                if bar is not None:
+                    self.progress.step_line(bar, step, {**m, "seconds": seconds}, shown)
                 if self.on_step is not None and self.is_main:
                     self.on_step(step, {**m, "seconds": seconds})
         finally:
             for log in (metrics_log, completions_log):
                 if log is not None:
                     log.close()
+        if bar is not None:
+            bar.finish(f"{self.state.step} steps")
         return self.state
 
     def _validate_and_keep_best(self, step: int) -> dict[str, float]:
         """Score the validation split (never test); keep the best weights as checkpoints/best."""
-        val = self.validate()
+        val = self.validate(step)
         self.state.validation.append({"step": step, "metrics": without_seconds(val)})
         row = val[str(self.gen_length)]
         value = row[self.primary]
@@ -355,22 +373,22 @@ class Trainer:
             self.state.best = {"step": step, "metric": f"{self.run.eval.val_split} {self.primary} at L={self.gen_length}",
                                "value": value}
             if self.run_dir is not None:
-                self._write_checkpoint(ckpt.checkpoints_dir(self.run_dir) / ckpt.BEST)
+                self.checkpoints.write(self.checkpoints.best_path, self._checkpoint_state())
         return row
 
-    def _log_completions(self, log: StepLog | None, batch: RolloutBatch, texts: list[str]) -> None:
+    def _log_completions(self, log: StepLog | None, batch: RolloutBatch, samples: StepSamples) -> None:
         """One record per prompt group: prompt, and each completion with its reward and advantage."""
         if self.run.output.completions == "none" or self.run_dir is None:
             return
         g, style = self.run.rollout.group_size, self.adapter.prompt_style
-        prompts = self._step_prompts
+        prompts, texts = samples.prompts, samples.texts
         records = []
         for i, p in enumerate(self.my_prompts):
             ex = prompts[p]
             rows = range(i * g, (i + 1) * g)
             records.append({"step": batch.step, "prompt_index": p, "example_id": ex["id"],
                             "prompt": self.task.prompt(ex, style),
-                            "completions": [{"text": texts[r], "reward": self._step_rewards[r],
+                            "completions": [{"text": texts[r], "reward": samples.rewards[r],
                                              "advantage": round(float(batch.advantages[r]), 6)} for r in rows]})
         records = gather_objects(self.accelerator, records)
         if log is not None:
@@ -378,105 +396,30 @@ class Trainer:
                 log.write(rec)
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def _save_model_hook(self, models, weights, output_dir) -> None:
-        """accelerate's save_state writes optimizer and RNG states; the policy goes in our format
-        (trainable weights only, without wrapper prefixes: loadable with any process count)."""
-        weights.clear()
-        if self.is_main:
-            ckpt.save_policy(self.policy, Path(output_dir))
-            if self.ema is not None:
-                self.ema.save(Path(output_dir))
-
-    def _load_model_hook(self, models, input_dir) -> None:
-        ckpt.load_policy(self.policy, Path(input_dir))
-        if self.ema is not None:
-            self.ema.load(Path(input_dir))
-        models.clear()
-
-    def _write_checkpoint(self, path: Path) -> None:
-        def fill(tmp: Path) -> None:
-            self.accelerator.save_state(str(tmp))
-            self.accelerator.wait_for_everyone()
-            if self.is_main:
-                if hasattr(self.adapter.tokenizer, "save_pretrained"):
-                    self.adapter.tokenizer.save_pretrained(tmp)
-                k = self.run.rollout.num_prompts
-                epoch, index = divmod(self.state.step * k, len(self.train_examples))
-                state = {"format": ckpt.FORMAT, "step": self.state.step, "config": to_dict(self.run),
-                         "data_position": {"prompts_seen": self.state.step * k, "epoch": epoch, "index_in_epoch": index},
-                         "num_processes": self.accelerator.num_processes, "train_state": asdict(self.state)}
-                atomic_write_text(tmp / ckpt.STATE_FILE, json.dumps(state, indent=1) + "\n")
-                ckpt.write_manifest(tmp)
-
-        collective_write_dir(self.accelerator, path, fill)
-
-    def save_checkpoint(self) -> Path:
-        """Full state at ``state.step`` (atomic), then retention of the last ``keep_checkpoints``."""
-        path = ckpt.step_dir(self.run_dir, self.state.step)
-        self._write_checkpoint(path)
-        if self.is_main:
-            ckpt.prune(self.run_dir, self.run.output.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore weights, optimizer, RNG states and the training state; one-line errors when the
-        checkpoint is corrupt or was written by a different run configuration."""
-        problem = None
-        if self.is_main:  # checksums are read once, by the main process
-            try:
-                ckpt.verify(path)
-            except UsageError as exc:
-                problem = str(exc)
-        problem = broadcast_from_main(self.accelerator, problem)
-        if problem:
-            raise UsageError(problem)
-        saved = ckpt.verify(path, checksums=False)
-        changes = ckpt.config_changes(saved["config"], to_dict(self.run))
-        if changes:
-            raise UsageError(f"checkpoint {str(path)!r} belongs to another configuration ({'; '.join(changes[:3])}); "
-                             "resume with the same settings or use a new --run-dir")
-        try:
-            self.accelerator.load_state(str(path))
-        except Exception as exc:  # damaged files fail in many ways (safetensors, pickle, zip, torch)
-            why = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
-            why = f"{type(exc).__name__}: {why}" if why else type(exc).__name__
-            raise UsageError(f"checkpoint {str(path)!r} could not be loaded ({why}); delete it to resume from an "
-                             "earlier one, or run without --resume") from None
-        self.state = TrainState(**saved["train_state"])
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint records besides tensors: step, data position, training state."""
+        k = self.run.rollout.num_prompts
+        epoch, index = divmod(self.state.step * k, len(self.train_examples))
+        return {"step": self.state.step, "train_state": asdict(self.state),
+                "data_position": {"prompts_seen": self.state.step * k, "epoch": epoch, "index_in_epoch": index}}
 
     def start(self, resume: bool = False) -> Path | None:
-        """Before training: with ``resume``, load the run folder's newest checkpoint (returned);
-        without, refuse a folder holding another run's step checkpoints (retention would delete the
-        new run's own ones, and a later --resume could pick the old ones)."""
-        if self.run_dir is None:
-            if resume:
-                raise UsageError("--resume needs a run folder")
-            return None
-        path = None
-        if resume:
-            path = ckpt.latest(self.run_dir)
-            self.load_checkpoint(path)
-        elif self.run.output.checkpoint_every and ckpt.step_checkpoints(self.run_dir):
-            raise UsageError(f"{str(ckpt.checkpoints_dir(self.run_dir))!r} holds checkpoints of an earlier run: pass "
-                             "--resume to continue it, or delete them or choose another --run-dir")
-        if self.is_main:
-            ckpt.clean_temporary(self.run_dir)
-        self.accelerator.wait_for_everyone()
+        """Before training: with ``resume``, continue from the run folder's newest checkpoint (returned)."""
+        path = self.checkpoints.start(resume, self.run.output.checkpoint_every)
+        if path is not None:
+            self.state = TrainState(**self.checkpoints.load(path)["train_state"])
         return path
 
     def load_best(self) -> int:
         """Put the best-validation weights into the policy; returns their step."""
         best = self.state.best
-        path = ckpt.checkpoints_dir(self.run_dir) / ckpt.BEST
+        path = self.checkpoints.best_path
         if best is None:
             raise UsageError("eval.select=best needs validation during training (eval.every > 0)")
-        saved = ckpt.verify(path, checksums=False)  # load_checkpoint checks the checksums
+        saved = ckpt.verify(path, checksums=False)  # load checks the checksums
         if saved["step"] != best["step"]:
             raise UsageError(f"{str(path)!r} holds step {saved['step']}, not the best step {best['step']} of this run")
-        state = self.state
-        self.load_checkpoint(path)
-        self.state = state
+        self.checkpoints.load(path)  # weights and optimizer; the training state stays this run's
         return best["step"]
 
     def save(self, path: Path) -> None:
@@ -490,7 +433,7 @@ class Trainer:
                 self.adapter.tokenizer.save_pretrained(tmp)
 
         if self.is_main:
-            with self._scored_weights():
+            with self._scored_weights(), self.checkpoints.reporting_write_errors(path):
                 atomic_write_dir(path, write)
         self.accelerator.wait_for_everyone()
 

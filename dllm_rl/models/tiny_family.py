@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..results import atomic_write_dir
+from ..atomic import atomic_write_dir
 from ..task import Task
 from . import lora
 from .adapter import ModelAdapter

@@ -71,6 +71,9 @@ class PolicyGradientConfig(AlgorithmConfig):
 class PolicyGradient(Algorithm):
     """GRPO-style clipped objective; see the module docstring for what the options select."""
 
+    progress_metrics = ("kl", "clip_frac")
+    """Step metrics shown on the live progress line."""
+
     Config: ClassVar[type[PolicyGradientConfig]] = PolicyGradientConfig
     config: PolicyGradientConfig
     mask_tag: ClassVar[str] = "policy-gradient"

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from dllm_rl import checkpoint as ckpt
-from dllm_rl.results import TIMING_KEYS, atomic_write_text, write_result
+from dllm_rl.atomic import atomic_write_text
+from dllm_rl.results import TIMING_KEYS, write_result
 
 KILL = ["--set", "optim.max_steps=4", "--set", "optim.warmup_steps=6", "--set", "output.checkpoint_every=1", "--set", "output.keep_checkpoints=2",
         "--set", "eval.every=2", "--set", "output.completions=jsonl.gz"]

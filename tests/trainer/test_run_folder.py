@@ -143,14 +143,14 @@ def test_lora_checkpoint_holds_only_adapters_and_restores_them(tmp_path, tiny, h
 
     first = trainer()
     first.train()
-    path = first.save_checkpoint()
+    path = first.checkpoints.save_step(first._checkpoint_state())
     files = {p.name for p in path.iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     trained = {n: p.detach().clone() for n, p in first.policy.named_parameters() if p.requires_grad}
     assert any(float(p.abs().sum()) > 0 for n, p in trained.items() if "lora_B" in n)  # the adapters moved
 
     second = trainer()
-    second.load_checkpoint(path)
+    second.state = type(second.state)(**second.checkpoints.load(path)["train_state"])
     for n, p in second.policy.named_parameters():
         if p.requires_grad:
             assert torch.equal(p, trained[n]), n

@@ -104,9 +104,12 @@ def verify(folder: Path, checksums: bool = True) -> dict[str, Any]:
         raise corrupt(f"unreadable {MANIFEST}") from None
     try:
         state = json.loads((folder / STATE_FILE).read_text())
-        int(state["step"]), state["config"], state["train_state"]
+        state["step"], state["config"], state["train_state"]
     except (OSError, ValueError, KeyError, TypeError):
         raise corrupt(f"unreadable {STATE_FILE}") from None
+    if isinstance(state["step"], bool) or not isinstance(state["step"], int) or not isinstance(state["config"], dict) \
+            or not isinstance(state["train_state"], dict):
+        raise corrupt(f"{STATE_FILE} has fields of the wrong type (step, config, train_state)")
     if state.get("format") != FORMAT:
         raise corrupt(f"format {state.get('format')!r}, this dllm-rl reads format {FORMAT}")
     return state

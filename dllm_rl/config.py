@@ -246,7 +246,8 @@ class EvalConfig:
 
 @dataclass
 class OutputConfig:
-    results_dir: str = "results"
+    results_dir: str = "runs/results"
+    """Where the results file goes (``runs/`` is git-ignored: a user's runs never touch committed results)."""
     run_dir: str = "runs"
     checkpoint_every: int = 0
     """Write a full-state checkpoint (weights, optimizer, RNG, step, curve) every N steps (0 = never)."""
@@ -259,7 +260,7 @@ class OutputConfig:
     completions: str = "jsonl"
     """Per-step log of prompts, completions, rewards and advantages: jsonl, jsonl.gz or none."""
     report_to: list[str] = field(default_factory=list)
-    """Experiment trackers through accelerate, e.g. [tensorboard] or [wandb]."""
+    """Experiment trackers through accelerate, e.g. [tensorboard] or [wandb] (one name alone works too)."""
 
     def __post_init__(self):
         if self.completions not in ("jsonl", "jsonl.gz", "none"):
@@ -311,9 +312,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise UsageError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, where)
     if origin is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str) and item is str:  # one name for a list of names: report_to=tensorboard
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise UsageError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
@@ -421,9 +424,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not Path(path).exists() and (RECIPES / f"{Path(path).stem}.yaml").is_file() and Path(path).parent == Path("."):
         path = RECIPES / f"{Path(path).stem}.yaml"
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"recipe file {str(path)!r} does not exist; packaged recipes: {', '.join(packaged_recipes())}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"recipe file {str(path)!r} is not text (not UTF-8); a recipe is a YAML mapping of settings") from None
+    except IsADirectoryError:
+        raise UsageError(f"recipe {str(path)!r} is a folder; expected a YAML file") from None
+    except OSError as exc:
+        raise UsageError(f"recipe file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"recipe file {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):

@@ -148,3 +148,46 @@ def configure_deepspeed(accelerator, micro_batch_size: int, num_micro: int, grad
     ds["train_batch_size"] = micro_batch_size * num_micro * accelerator.num_processes
     ds["gradient_clipping"] = grad_clip
     accelerator.gradient_accumulation_steps = num_micro
+
+
+def launcher_pid() -> int | None:
+    """The pid of the ``accelerate launch`` / ``torchrun`` process that started this one (its parent,
+    with the launchers' environment markers set), or None."""
+    import os
+
+    if not ("TORCHELASTIC_RUN_ID" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ):
+        return None
+    ppid = os.getppid()
+    try:
+        with open(f"/proc/{ppid}/cmdline", "rb") as fh:
+            argv = [a.decode(errors="replace") for a in fh.read().split(b"\0")]
+    except OSError:
+        return None
+    names = [os.path.basename(a) for a in argv]
+    accelerate = any(n == "accelerate" and "launch" in argv[i + 1:i + 2] for i, n in enumerate(names))
+    torchrun = "torchrun" in names or "torch.distributed.run" in argv
+    return ppid if accelerate or torchrun else None
+
+
+def exit_launched(code: int, report) -> None:
+    """End a launched process after bad input, so the user sees one line: ``report()`` prints it on
+    global rank 0 only; local rank 0 then ends its launcher at once (a launcher that sees a worker
+    exit non-zero prints its own ~40-line traceback, burying the line), the other ranks exit
+    quietly a moment later. The launcher's exit status is then non-zero (killed)."""
+    import os
+    import signal
+    import sys
+    import time
+
+    launcher = launcher_pid()
+    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
+    if rank == 0:
+        report()
+    sys.stderr.flush()
+    sys.stdout.flush()
+    if launcher is not None:
+        if local_rank == 0:
+            os.kill(launcher, signal.SIGKILL)
+        else:
+            time.sleep(5)  # local rank 0 ends the launcher before it could notice this exit
+    os._exit(code)

@@ -20,9 +20,22 @@ def line_style(i: int) -> tuple[str, str]:
     return f"C{i % _COLORS}", _LINESTYLES[(i // _COLORS) % len(_LINESTYLES)]
 
 
+def smoothing_label(results: list[dict[str, Any]], key: str, smooth: int) -> str:
+    """What a smoothed curve averages, in words: points of the curve, and how many steps apart they
+    are (validation curves are logged every eval.every steps, not every step)."""
+    if smooth <= 1:
+        return ""
+    from .results import _points
+
+    gaps = sorted({b - a for r in results for (a, _), (b, _) in zip(_points(r, key), _points(r, key)[1:])})
+    apart = "" if gaps in ([], [1]) else f", {gaps[0]} steps apart" if len(gaps) == 1 else f", {gaps[0]}-{gaps[-1]} steps apart"
+    return f" (moving average of {smooth} points{apart})"
+
+
 def plot_curves(results: list[dict[str, Any]], folder: str | Path, key: str = "reward", smooth: int = 1,
-                error: str = "std") -> list[Path]:
-    """Write ``<key>_<task>.png`` for every task whose runs logged ``key``; returns the files written."""
+                error: str = "std", log_scale: bool = False) -> list[Path]:
+    """Write ``<key>_<task>.png`` for every task whose runs logged ``key``; returns the files written.
+    ``log_scale``: a logarithmic y axis (non-positive values are left out of the plot)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)  # files only: no display, no GUI toolkit
@@ -40,7 +53,9 @@ def plot_curves(results: list[dict[str, Any]], folder: str | Path, key: str = "r
             hi = [m + e for m, e in zip(c["mean"], c["err"])]
             ax.fill_between(c["step"], lo, hi, color=color, alpha=0.12 if many else 0.2, linewidth=0)
         ax.set_xlabel("RL step")
-        ax.set_ylabel(key + (f" ({smooth}-step mean)" if smooth > 1 else ""))
+        ax.set_ylabel(key + smoothing_label([r for r in results if r["task"] == task], key, smooth))
+        if log_scale:
+            ax.set_yscale("log")
         ax.set_title(f"{task}: mean ± {error} over seeds")
         ax.grid(alpha=0.3)
         if many:

@@ -27,21 +27,80 @@ def result_filename(model: str, task: str, algorithm: str, seed: int, label: str
     return f"{safe(model)}__{safe(task)}__{safe(algorithm)}{variant}__seed{seed}.json"
 
 
-def load_results(folder: str | Path) -> list[dict[str, Any]]:
+def load_results(folder: str | Path, skipped: list[tuple[Path, str]] | None = None) -> list[dict[str, Any]]:
+    """Every results file under ``folder`` (recursively), each with ``_path`` and ``_experiment`` (its
+    subfolder: one study). Files that cannot be read as results go to ``skipped`` as (path, why):
+    not text, not valid JSON (truncated), JSON of another kind, or a results file with a field missing."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"results folder {str(folder)!r} does not exist")
+        what = "is a file, not a folder" if folder.is_file() else "does not exist"
+        raise UsageError(f"results folder {str(folder)!r} {what}; pass the folder holding results files "
+                         "(default: runs/results, where `dllm-rl run` writes them)")
     out = []
     for path in sorted(folder.rglob("*.json")):
+        why = None
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            why = "not text (a binary file)"
+        except json.JSONDecodeError as exc:
+            why = f"not valid JSON ({exc.msg} at line {exc.lineno}; cut short?)"
+        except OSError as exc:
+            why = f"unreadable ({exc.strerror or exc})"
+        else:
+            if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+                why = FOREIGN
+            else:
+                why = malformed(data)
+        if why is not None:
+            if skipped is not None:
+                skipped.append((path, why))
             continue
-        if isinstance(data, dict) and data.get("schema") == SCHEMA:
-            data["_path"] = str(path)
-            data["_experiment"] = path.parent.relative_to(folder).as_posix().strip(".")  # "" at the top level
-            out.append(data)
+        data["_path"] = str(path)
+        data["_experiment"] = path.parent.relative_to(folder).as_posix().strip(".")  # "" at the top level
+        out.append(data)
     return out
+
+
+FOREIGN = "not a dllm-rl results file"
+
+
+def malformed(result: dict[str, Any]) -> str | None:
+    """What is wrong with a results file's fields that compare reads, or None."""
+    for key, kind in (("model", str), ("task", str), ("algorithm", str), ("seed", int), ("protocol", dict)):
+        if not isinstance(result.get(key), kind):
+            return f"field {key!r} missing or not a {kind.__name__}"
+    if not isinstance(result["protocol"].get("primary_metric"), str):
+        return "field 'protocol.primary_metric' missing"
+    for key in ("base", "metrics"):
+        block = result.get(key)
+        if block is not None and not (isinstance(block, dict) and all(
+                isinstance(row, dict) and all(isinstance(v, (int, float)) for v in row.values()) for row in block.values())):
+            return f"field {key!r} is not a mapping of length -> metric values"
+        if block is not None and any(not str(k).isdigit() for k in block):
+            return f"field {key!r} has a length that is not an integer"
+    training = result.get("training")
+    if training is not None and not isinstance(training, dict):
+        return "field 'training' is not a mapping"
+    return None
+
+
+def skipped_lines(skipped: list[tuple[Path, str]], shown: int = 3) -> list[str]:
+    """stderr lines for files compare skipped: each damaged file, and other JSON files counted."""
+    lines = [f"skipped {str(p)!r}: {why}" for p, why in skipped if why != FOREIGN]
+    foreign = [p for p, why in skipped if why == FOREIGN]
+    if foreign:
+        names = ", ".join(repr(str(p)) for p in foreign[:shown]) + (f" and {len(foreign) - shown} more" if len(foreign) > shown else "")
+        lines.append(f"skipped {len(foreign)} JSON file(s) that are not results files: {names}")
+    return lines
+
+
+def by_study(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Results grouped by study (subfolder; "" for the folder itself), each run's names plain within it."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        out.setdefault(r["_experiment"], []).append({**r, "_experiment": ""})
+    return dict(sorted(out.items()))
 
 
 ERRORS = ("std", "sem")
@@ -118,6 +177,34 @@ def leaderboard(results: list[dict[str, Any]], error: str = "std") -> tuple[list
                 deltas.append(f"{(statistics.fmean(after) - statistics.fmean(before)) * 100:+.1f}" if after and before else "-")
             rows.append([model, f"Δ {name} vs base"] + deltas + [_seeds(counts)])
     return header, rows
+
+
+def tidy(results: list[dict[str, Any]], error: str = "std", study: str = "") -> list[dict[str, Any]]:
+    """The leaderboard as tidy records (one per model x row x task x length x metric; values as
+    fractions, not %): ``row`` is ``base``, ``after`` or ``delta``; ``mean``, the spread over seeds
+    under the name of ``error`` (None for one seed) and ``n`` seeds."""
+    spread([], error)
+    out = []
+    for model in sorted({r["model"] for r in results}):
+        mine = [r for r in results if r["model"] == model]
+        groups = [("(base)", mine, "base")] + [(n, [r for r in mine if group_name(r) == n], "after")
+                                               for n in sorted({group_name(r) for r in mine})]
+        for name, runs, kind in groups:
+            for task, length, metric in sorted({(r["task"], l, m) for r in runs for l, row in (r.get(kind if kind == "base" else "metrics") or {}).items()
+                                                for m in row if m not in ("n", "nfe", "seconds") and not m.endswith("_stderr")}):
+                def vals(source):
+                    return [r[source][length][metric] for r in runs
+                            if r["task"] == task and length in (r.get(source) or {}) and metric in r[source][length]]
+                values = vals("base" if kind == "base" else "metrics")
+                record = {"study": study, "model": model, "algorithm": name if kind == "after" else "(base)",
+                          "task": task, "length": int(length), "metric": metric}
+                err = spread(values, error) if len(values) > 1 else None
+                out.append({**record, "row": kind, "mean": statistics.fmean(values), error: err, "n": len(values)})
+                before = vals("base")
+                if kind == "after" and before:
+                    out.append({**record, "row": "delta", "mean": statistics.fmean(values) - statistics.fmean(before),
+                                error: None, "n": len(values)})
+    return out
 
 
 def mixed_bases(results: list[dict[str, Any]], shown: int = 3) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from . import checkpoint as ckpt
-from .config import RunConfig, to_dict
+from .config import RunConfig, from_dict, to_dict
 from .diffusion.masking import keyed_generator
 from .diffusion.sampler import SamplerConfig, generate, left_pad
 from .distributed import (TaskShard, combine_eval, configure_deepspeed, gather_objects, gather_rows, my_prompts, reduce_metrics,
@@ -227,7 +227,7 @@ class Trainer:
         batch = kept.to(self.accelerator.device)
         cache = self.algorithm.prepare(self.adapter, batch, o.micro_batch_size)
         scale = self.accelerator.num_processes * (self.num_micro if self.deepspeed else 1)
-        micro = list(batch.micro_batches(o.micro_batch_size))
+        micro, counted, rows = self._micro_batches(batch, rows)
         sums: dict[str, float] = {}
         maxes: dict[str, float] = {}
         norms = 0.0
@@ -241,11 +241,11 @@ class Trainer:
                         mb = batch.select(idx)
                         loss, metrics = self.algorithm.loss(self.adapter, mb, {k: v[idx] for k, v in cache.items()}, it)
                         self.accelerator.backward(loss * scale if scale != 1 else loss)
-                    share = len(idx) / rows / mu
+                    share = len(idx) / rows / mu if counted[i] else 0.0  # keys kept, for the cross-process sum
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / mu
                     for k, v in metrics.items():
                         if k.endswith("_max"):
-                            maxes[k] = max(maxes.get(k, float("-inf")), v)
+                            maxes[k] = max(maxes.get(k, float("-inf")), v if counted[i] else float("-inf"))
                         else:
                             sums[k] = sums.get(k, 0.0) + v * share
                 norm = self.accelerator.clip_grad_norm_([p for p in self.wrapped.parameters() if p.requires_grad], o.grad_clip)
@@ -255,6 +255,27 @@ class Trainer:
                     self.ema.update()
         sums, maxes = reduce_metrics(self.accelerator, sums, maxes)
         return {**sums, "grad_norm": norms, **maxes}
+
+    def _micro_batches(self, batch: RolloutBatch, rows: int) -> tuple[list[torch.Tensor], list[bool], int]:
+        """Micro-batches, whether each counts in the step metrics, and the row count metrics average
+        over. With several processes rows are never skipped (DDP), but with ``optim.skip_zero_rows``
+        the rows without a loss term go into micro-batches of their own that run without counting, so
+        metrics average over the same rows as one process's skipping path (the logged curve does not
+        depend on the process count)."""
+        size = self.run.optim.micro_batch_size
+        micro = list(batch.micro_batches(size))
+        if not self.run.optim.skip_zero_rows or self.accelerator.num_processes == 1 or self.deepspeed:
+            return micro, [True] * len(micro), rows
+        keep = self.algorithm.rows_with_gradient(batch)
+        if keep is None:
+            return micro, [True] * len(micro), rows
+        total = sum_int(self.accelerator, int(keep.sum()))  # every process decides alike from the global count
+        if total in (0, batch.num_rows):
+            return micro, [True] * len(micro), rows
+        kept, zero = keep.nonzero().squeeze(1), (~keep).nonzero().squeeze(1)
+        chunks = [(kept[i:i + size], True) for i in range(0, len(kept), size)]
+        chunks += [(zero[i:i + size], False) for i in range(0, len(zero), size)]
+        return [c for c, _ in chunks], [f for _, f in chunks], total
 
     def _rows_with_gradient(self, batch: RolloutBatch) -> RolloutBatch:
         """The rows whose loss term can be nonzero (``optim.skip_zero_rows``). Masks are keyed by each
@@ -407,7 +428,12 @@ class Trainer:
         """Before training: with ``resume``, continue from the run folder's newest checkpoint (returned)."""
         path = self.checkpoints.start(resume, self.run.output.checkpoint_every)
         if path is not None:
-            self.state = TrainState(**self.checkpoints.load(path)["train_state"])
+            saved = self.checkpoints.load(path)["train_state"]
+            try:
+                self.state = from_dict(TrainState, saved, "train_state")
+            except UsageError as exc:
+                raise UsageError(f"checkpoint {str(path)!r} is corrupt or incomplete ({ckpt.STATE_FILE}: {exc}); delete "
+                                 "it to resume from an earlier one, or run without --resume") from None
         return path
 
     def load_best(self) -> int:

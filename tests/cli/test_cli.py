@@ -1,4 +1,6 @@
 """The command line end to end on tiny budgets: bad input, reproducibility, results and compare."""
+import csv
+import io
 import json
 import os
 import stat
@@ -74,12 +76,12 @@ def test_same_seed_same_results_file_and_compare(tmp_path, capsys, run_main):
 
     code, out, _ = run_main(["compare", str(tmp_path / "a"), "--format", "csv"])
     assert code == 0
-    rows = [line.split(",") for line in out.strip().splitlines()]
-    assert rows[0][:3] == ["model", "algorithm", "sudoku L=24"]
-    base, after, delta = rows[1], rows[2], rows[3]
-    assert base[1] == "(base)" and after[1] == "espo" and delta[1].startswith("Δ")
-    expected = 100 * (a["metrics"]["24"]["accuracy"] - a["base"]["24"]["accuracy"])
-    assert float(delta[2]) == pytest.approx(expected, abs=0.051)
+    rows = list(csv.DictReader(io.StringIO(out)))  # tidy: one record per model x row x task x length x metric
+    assert list(rows[0]) == ["study", "model", "algorithm", "task", "length", "metric", "row", "mean", "std", "n"]
+    acc = {r["row"]: r for r in rows if r["metric"] == "accuracy"}
+    assert acc["base"]["algorithm"] == "(base)" and acc["after"]["algorithm"] == "espo" and acc["after"]["n"] == "1"
+    assert float(acc["after"]["mean"]) == a["metrics"]["24"]["accuracy"] and acc["after"]["std"] == ""
+    assert float(acc["delta"]["mean"]) == pytest.approx(a["metrics"]["24"]["accuracy"] - a["base"]["24"]["accuracy"])
 
 
 def test_other_seed_changes_the_run(tmp_path, capsys, run_main):

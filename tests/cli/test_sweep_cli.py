@@ -1,7 +1,10 @@
 """`dllm-rl sweep` end to end on the tiny model (2-step runs), resumed, then `compare` with plots."""
+import csv
+import io
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -34,10 +37,11 @@ def test_sweep_writes_one_file_per_run_resumes_and_compares(tmp_path, capsys, ru
 
     code, stdout, err = run_main(["compare", str(out), "--format", "csv", "--plots", str(tmp_path / "plots")])
     assert code == 0, err
-    rows = [line.split(",") for line in stdout.strip().splitlines()]
-    assert rows[0][-1] == "n" and rows[2][1] == "wd1" and rows[2][-1] == "2"
-    accs = [100 * r["metrics"]["24"]["accuracy"] for r in first]
-    assert rows[2][2].startswith(f"{sum(accs) / 2:.1f}")
+    rows = [r for r in csv.DictReader(io.StringIO(stdout)) if r["metric"] == "accuracy" and r["row"] == "after"]
+    assert len(rows) == 1 and rows[0]["algorithm"] == "wd1" and rows[0]["n"] == "2"
+    accs = [r["metrics"]["24"]["accuracy"] for r in first]
+    assert float(rows[0]["mean"]) == pytest.approx(sum(accs) / 2)
+    assert float(rows[0]["std"]) == pytest.approx(statistics.stdev(accs))
     assert (tmp_path / "plots" / "reward_sudoku.png").stat().st_size > 5000
 
 

@@ -1,4 +1,4 @@
-"""Step time of README's Sudoku ESPO preset with and without skipping the rows that carry no gradient
+"""Step time of the main job's Sudoku ESPO preset with and without skipping the rows that carry no gradient
 (``optim.skip_zero_rows``): real ``dllm-rl train`` runs on the cached tiny base, the first steps
 dropped as warm-up; update time = step time minus rollout time, from each run's metrics.jsonl.
 
@@ -34,8 +34,8 @@ def measure(skip: bool, steps: int, warmup: int) -> dict:
 def section(d: dict) -> str:
     """The BENCHMARKS.md section for a skip_rows.json."""
     on, off = d["runs"]
-    return (f"## Skipping rows with no gradient (README's Sudoku preset)\n\n"
-            f"`python benchmarks/skip_rows.py` ({d['machine']['date'][:10]}): README's Sudoku ESPO preset (32 prompts x 8, "
+    return (f"## Skipping rows with no gradient (the main job's Sudoku preset)\n\n"
+            f"`python benchmarks/skip_rows.py` ({d['machine']['date'][:10]}): the main job's Sudoku ESPO preset (32 prompts x 8, "
             f"positives only, no KL term) for {on['steps_timed'] + d['warmup']} steps, the first {d['warmup']} dropped, with `optim.skip_zero_rows` on "
             "(default) and off. Without a KL term a row with zero advantage adds exactly zero to the loss, so its "
             "ELBO passes are skipped; the update is the same up to float rounding (`tests/trainer/test_skip_rows.py`).\n\n"
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--out", default="skip_rows")
     args = ap.parse_args()
     runs = [measure(skip, args.steps, args.warmup) for skip in (True, False)]
-    data = {"machine": machine(), "preset": "README's Sudoku ESPO preset (tiny, 32 prompts x 8, no KL term)",
+    data = {"machine": machine(), "preset": "the main job's Sudoku ESPO preset (tiny, 32 prompts x 8, no KL term)",
             "warmup": args.warmup, "runs": runs, "update_speedup": round(runs[1]["update_s"] / runs[0]["update_s"], 2),
             "step_speedup": round(runs[1]["step_s"] / runs[0]["step_s"], 2)}
     path = write_json(args.out, data)

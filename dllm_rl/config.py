@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .diffusion.sampler import REMASKING
+from .diffusion.sampler import REMASKING, DecodingConfig
 from .errors import UsageError
 
 
@@ -124,55 +124,30 @@ class PretrainConfig:
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(DecodingConfig):
+    """How rollouts are sampled: the decoding settings (``DecodingConfig``'s fields and checks: steps,
+    block_length, temperature, remasking, top_k, top_p, threshold, prompt_cache, prompt_cache_refresh,
+    batch_size) plus the batch shape, length and early stop. ``SamplerConfig.of(rollout, L, eos)``
+    is the sampler; evaluations decode greedily with its ``block_length`` (``evaluation.eval_sampler``)."""
+
     num_prompts: int = 16
     """Prompts per rollout batch; each gets group_size completions."""
     group_size: int = 6
     gen_length: int | None = None
     """None = the task protocol's training length."""
-    steps: int | None = None
-    """Denoising steps; None = gen_length // 2. With ``threshold``: a budget (at most this many steps,
-    the fixed schedule of that many as the floor); None = no cap."""
-    block_length: int = 32
     temperature: float = 0.9
-    remasking: str = "low_confidence"
-    threshold: float | None = None
-    """Confidence-threshold parallel decoding (Fast-dLLM): commit every token of the current block above
-    this confidence, at least one per step (steps then adapt per row); None = the fixed schedule."""
-    prompt_cache: bool = False
-    """Approximate prompt caching (native tiny, LLaDA and Dream models): the prompt's keys and values from the first
-    denoising pass are reused by the later passes, which run over the completion only."""
-    prompt_cache_refresh: int = 0
-    """With ``prompt_cache``: a full pass refreshes the cache every this many passes (0 = never)."""
-    batch_size: int | None = None
-    """Rows per generation call (the logits of a batch at a real vocabulary are GBs); None = all of this
-    process's rows at once. Completions are the same for every batch size."""
     early_stop: bool = False
     """Stop a row once its remaining masked positions all follow a committed block containing EOS,
     filling them with EOS (exact whenever the model would decode EOS there)."""
 
     def __post_init__(self):
-        at_least(self, 1, "num_prompts", "gen_length", "steps", "block_length")
+        at_least(self, 1, "num_prompts", "gen_length")
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2 (advantages compare completions of one prompt), "
                              f"got {self.group_size}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.remasking not in REMASKING:
-            raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
-        if self.gen_length is not None and self.steps is not None:
-            blocks = -(-self.gen_length // self.block_length)
-            if self.steps < blocks:
-                raise ValueError(f"steps ({self.steps}) must be at least the number of blocks of gen_length / "
-                                 f"block_length ({blocks})")
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1] or null, got {self.threshold}")
-        if self.threshold is not None and self.remasking not in ("low_confidence", "margin"):
-            raise ValueError(f"threshold needs remasking low_confidence or margin, got {self.remasking!r}")
-        if self.prompt_cache_refresh < 0:
-            raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1 (or null = all rows at once), got {self.batch_size}")
+        super().__post_init__()
+        if self.gen_length is not None:
+            self.check_steps(self.gen_length)
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")

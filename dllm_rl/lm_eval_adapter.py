@@ -4,16 +4,18 @@ likelihood estimator, with no fork of lm-eval.
 - ``generate_until``: the masked-diffusion sampler (greedy by default, low-confidence remasking,
   semi-autoregressive blocks, L/2 steps), batched; stop sequences are honoured by truncation.
 - ``loglikelihood``: the Monte-Carlo sequence ELBO of the continuation given the context (coupled
-  masks keyed by the seed and the continuation length, so a value depends on nothing but the seed
-  and the request); ``is_greedy`` by LLaDA's check: greedy one-token-per-step decoding of the fully
-  masked continuation reproduces it.
+  masks keyed by the seed, the continuation length and the draw, so a value depends on nothing but the
+  seed and the request), with its Monte-Carlo standard error kept per request (``mc_errors``) and
+  summarised (``mc_summary``); ``is_greedy`` by LLaDA's check: greedy one-token-per-step decoding of
+  the fully masked continuation reproduces it.
 - ``loglikelihood_rolling``: the ELBO of the whole text after a BOS (else EOS) token, in windows of
   half the context length conditioned on the preceding tokens when the text is longer than the
   model's context. An ELBO is a lower bound on log p, so perplexities from it are upper bounds: use
   them to compare dLLMs with one another, not with autoregressive models' exact perplexities.
 
 Usable from Python (``lm_eval.simple_evaluate(model=DiffusionLM(adapter), ...)``), by name after
-importing this module (``model="dllm-rl", model_args="model=tiny,task=sudoku"``), and from
+importing this module (``model="dllm-rl", model_args="model=tiny,task=sudoku"``), from lm-eval's own
+command line through ``dllm-rl lm-eval ...`` / ``python -m dllm_rl.lm_eval_cli ...``, and from
 ``dllm-rl evaluate --lm-eval TASKS``.
 """
 from __future__ import annotations
@@ -31,17 +33,25 @@ from typing import Any
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+from tqdm import tqdm
 
-from .config import from_dict
+from .config import from_dict, parse_override
 from .diffusion.likelihood import Sequences, elbo_terms
 from .diffusion.masking import keyed_generator
 from .diffusion.sampler import REMASKING, SamplerConfig, generate, left_pad
 from .errors import UsageError
 from .models.adapter import ModelAdapter
-from .results import atomic_write_text
+from .atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 SCHEMA = "dllm-rl/lm-eval/v1"
+LOAD_ARGS = ("model", "task", "recipe", "device", "trust_remote_code")
+"""model_args that pick and place the model rather than configure the adapter."""
+IGNORED_ARGS = ("max_batch_size",)
+"""model_args lm-eval passes that the adapter has no use for (automatic batch sizing)."""
+CLOSE_CALL_Z = 2.0
+"""A multiple-choice answer is a close call when its top two choices differ by less than this many
+Monte-Carlo standard errors of their difference."""
 
 
 @dataclass
@@ -59,7 +69,7 @@ class LMEvalConfig:
     remasking: str = "low_confidence"
     mc_samples: int = 32
     """Monte-Carlo mask draws per loglikelihood request, each scoring a mask and its complement
-    (LLaDA's own evaluation used 128 single masks)."""
+    (LLaDA's own evaluation used 128 single masks). The standard error falls as 1/sqrt(mc_samples)."""
     greedy_check: bool = True
     """Compute ``is_greedy`` (one extra greedy decode per request); False reports it as False."""
     max_length: int | None = None
@@ -77,36 +87,103 @@ class LMEvalConfig:
                 raise ValueError(f"{name} must be at least 1")
 
 
+def split_model_args(model_args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(loading arguments, ``LMEvalConfig`` settings) of lm-eval model_args, whose values may be the
+    strings a command line passes ("64", "true", "none"); an unknown key is one error naming the valid ones."""
+    valid = [*LOAD_ARGS, *(f.name for f in dataclasses.fields(LMEvalConfig))]
+    load: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    for key, value in model_args.items():
+        if key in IGNORED_ARGS:
+            continue
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UsageError(f"unknown setting 'lm-eval.{key}'{hint}; valid: {', '.join(valid)}")
+        if isinstance(value, str):
+            value = None if value.strip().lower() == "none" else parse_override(f"{key}={value}")[1]
+        if key == "batch_size" and isinstance(value, str) and value.startswith("auto"):
+            continue  # lm-eval's automatic batch size: keep the configured one
+        if key == "trust_remote_code" and not isinstance(value, bool):
+            raise UsageError(f"lm-eval.trust_remote_code: expected true or false, got {value!r}")
+        if key in LOAD_ARGS and value is not None and not isinstance(value, bool):
+            value = str(value)  # a name or path, even one lm-eval read as a number
+        (load if key in LOAD_ARGS else settings)[key] = value
+    return load, settings
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The device to run on, as lm-eval's HF model picks it: cuda when available, else cpu; a cuda
+    device this machine lacks (lm-eval's command line asks for cuda:0 by default) falls back the same way."""
+    default = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if device is None or device in ("", "auto"):
+        return default
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"bad device {device!r}: expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        log.warning("device %s is not available here; using %s", device, default)
+        return default
+    return dev
+
+
+def mc_stderr(draws: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean over the last dimension (independent Monte-Carlo draws): the
+    sample standard deviation over sqrt(draws); NaN with a single draw, where it is undefined."""
+    n = draws.shape[-1]
+    if n < 2:
+        return torch.full(draws.shape[:-1], math.nan, dtype=draws.dtype)
+    return draws.std(-1) / math.sqrt(n)
+
+
 @register_model("dllm-rl", "dllm_rl")
 class DiffusionLM(LM):
     """An lm-eval ``LM`` over a toolkit ``ModelAdapter`` (any family: tiny, LLaDA, Dream, ...)."""
 
-    def __init__(self, adapter: ModelAdapter | None = None, config: LMEvalConfig | None = None, *,
-                 model: str | None = None, task: str | None = None, recipe: str | None = None,
-                 device: str | None = None, max_batch_size: int | None = None, **settings: Any):
-        """Wrap ``adapter``, or load the model family ``model`` for ``task`` (and ``recipe``) by name;
-        remaining keyword arguments are ``LMEvalConfig`` fields (``batch_size=8``, ``mc_samples=64``).
-        ``device`` moves the model; ``max_batch_size`` (lm-eval's automatic batch sizing) is unused."""
+    def __init__(self, adapter: ModelAdapter | None = None, config: LMEvalConfig | None = None, **model_args: Any):
+        """Wrap ``adapter``, or load the model family ``model`` for ``task`` (and ``recipe``,
+        ``trust_remote_code``) by name; other keyword arguments are ``LMEvalConfig`` fields, as values
+        or as command-line strings (``mc_samples=64`` or ``"64"``). ``device`` moves the model; a model
+        loaded by name goes to cuda when available, else cpu; a given adapter stays where it is."""
         super().__init__()
-        batch_size = settings.pop("batch_size", None)
-        if isinstance(batch_size, str):
-            batch_size = int(batch_size) if batch_size.isdigit() else None  # "auto": keep the config's
-        if batch_size is not None:
-            settings["batch_size"] = batch_size
+        load, settings = split_model_args(model_args)
+        device = load.pop("device", None)
         config = config or LMEvalConfig()
         if settings:
             config = from_dict(LMEvalConfig, {**dataclasses.asdict(config), **settings}, "lm-eval")
         self.config = config
-        if adapter is None:
-            adapter = _load_adapter(model, task, recipe)
-        elif model is not None or task is not None or recipe is not None:
+        if adapter is not None and load:
             raise UsageError("give either a loaded adapter or model/task/recipe names, not both")
-        if device is not None:
-            adapter.model.to(device)
+        target = None if adapter is not None and device is None else resolve_device(device)  # checked before loading
+        if adapter is None:
+            adapter = _load_adapter(**load)
+        if target is not None:
+            adapter.model.to(target)
         self.adapter = adapter
         self.adapter.model.eval()
         self._device = next(adapter.model.parameters()).device
+        self.mc_errors: list[dict[str, Any]] = []
+        """Per log-likelihood request: its task, doc_id, kind, value and Monte-Carlo standard error."""
+        self.mc_gaps: list[dict[str, Any]] = []
+        """Per multiple-choice question: the gap between its top two choices and that gap's standard error."""
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
+        """lm-eval's constructor hook; model_args win over lm-eval's own batch_size/device (whose
+        command-line defaults are always set), instead of clashing with them."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**extra, **arg_dict})
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    def _bar(self, total: int, desc: str, disable: bool) -> tqdm:
+        """A progress bar over requests, on the first process only (lm-eval's HF-model convention)."""
+        return tqdm(total=total, desc=desc, disable=disable or self.rank != 0)
     # -- tokens ---------------------------------------------------------------------------------
     @property
     def max_length(self) -> int:
@@ -152,16 +229,20 @@ class DiffusionLM(LM):
 
     # -- likelihood -----------------------------------------------------------------------------
     @torch.no_grad()
-    def elbo(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
-        """ELBO estimate of each continuation given its context. The masks of a continuation of L
-        tokens are keyed by (seed, L) alone, so each value depends only on the seed and its own
-        tokens (not on the batch or the other requests), and continuations of equal length share
-        mask draws: common random numbers that sharpen comparisons between answer choices."""
-        out = [0.0] * len(pairs)
+    def elbo_draws(self, pairs: list[tuple[list[int], list[int]]], bar: tqdm | None = None) -> torch.Tensor:
+        """Monte-Carlo draws [N, mc_samples] (float64, CPU) of the ELBO of each continuation given its
+        context: their mean is the estimate, their spread its error. Draw m of a continuation of L
+        tokens scores one mask and its complement keyed by (seed, L, m) alone, so each value depends
+        only on the seed and its own tokens (not on the batch or the other requests), and continuations
+        of equal length share mask draws: common random numbers that sharpen comparisons between
+        answer choices."""
+        out = torch.zeros(len(pairs), self.config.mc_samples, dtype=torch.float64)
         by_length: dict[int, list[int]] = defaultdict(list)
         for i, (_, cont) in enumerate(pairs):
             if cont:
                 by_length[len(cont)].append(i)
+        if bar is not None:
+            bar.update(len(pairs) - sum(map(len, by_length.values())))  # empty continuations: 0 exactly
         dev = self._device
         for length, idxs in by_length.items():
             for start in range(0, len(idxs), self.config.batch_size):
@@ -170,18 +251,23 @@ class DiffusionLM(LM):
                 seqs = Sequences(prompt_ids=prompt_ids.to(dev), prompt_mask=prompt_mask.to(dev),
                                  completion_ids=torch.tensor([pairs[i][1] for i in batch], device=dev),
                                  rows=torch.zeros(len(batch), dtype=torch.long), num_rows=1)
-                terms = elbo_terms(self.adapter.logits, seqs, self.adapter.mask_id, self.elbo_key(length),
-                                   num_samples=self.config.mc_samples)
-                for i, value in zip(batch, terms.sum(-1).tolist()):
-                    out[i] = value
+                for draw in range(self.config.mc_samples):
+                    terms = elbo_terms(self.adapter.logits, seqs, self.adapter.mask_id, self.elbo_key(length, draw), num_samples=1)
+                    out[batch, draw] = terms.sum(-1).double().cpu()
+                if bar is not None:
+                    bar.update(len(batch))
         return out
 
-    def elbo_key(self, length: int) -> tuple:
-        """The mask key of continuations of ``length`` tokens."""
-        return (self.config.seed, "lm-eval-elbo", length)
+    def elbo(self, pairs: list[tuple[list[int], list[int]]]) -> list[float]:
+        """ELBO estimate of each continuation given its context: the mean of its ``elbo_draws``."""
+        return self.elbo_draws(pairs).mean(1).tolist()
+
+    def elbo_key(self, length: int, draw: int) -> tuple:
+        """The mask key of Monte-Carlo draw ``draw`` for continuations of ``length`` tokens."""
+        return (self.config.seed, "lm-eval-elbo", length, draw)
 
     @torch.no_grad()
-    def greedy_matches(self, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
+    def greedy_matches(self, pairs: list[tuple[list[int], list[int]]], bar: tqdm | None = None) -> list[bool]:
         """Whether greedy decoding of the fully masked continuation, one token per step in one block,
         reproduces it (LLaDA's ``is_greedy``)."""
         out = [True] * len(pairs)
@@ -189,6 +275,8 @@ class DiffusionLM(LM):
         for i, (_, cont) in enumerate(pairs):
             if cont:
                 by_length[len(cont)].append(i)
+        if bar is not None:
+            bar.update(len(pairs) - sum(map(len, by_length.values())))
         for length, idxs in by_length.items():
             cfg = SamplerConfig(gen_length=length, steps=length, block_length=length, temperature=0.0)
             for start in range(0, len(idxs), self.config.batch_size):
@@ -196,13 +284,20 @@ class DiffusionLM(LM):
                 res = generate(self.adapter.logits, [pairs[i][0] for i in batch], self.adapter.mask_id, self.adapter.pad_id, cfg)
                 for i, row in zip(batch, res.completions.tolist()):
                     out[i] = row == pairs[i][1]
+                if bar is not None:
+                    bar.update(len(batch))
         return out
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.encode_pair(*req.args) for req in requests]
-        values = self.elbo(pairs)
-        greedy = self.greedy_matches(pairs) if self.config.greedy_check else [False] * len(pairs)
-        results = list(zip(values, greedy))
+        with self._bar(len(pairs), "Running loglikelihood requests", disable_tqdm) as bar:
+            draws = self.elbo_draws(pairs, bar)
+        greedy = [False] * len(pairs)
+        if self.config.greedy_check:
+            with self._bar(len(pairs), "Checking is_greedy", disable_tqdm) as bar:
+                greedy = self.greedy_matches(pairs, bar)
+        self.record_mc_errors("loglikelihood", requests, draws)
+        results = list(zip(draws.mean(1).tolist(), greedy))
         for req, res in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", req.args, res)
         return results
@@ -222,11 +317,71 @@ class DiffusionLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         windows = [self.rolling_windows(self._encode(req.args[0])) for req in requests]
         flat = [pair for w in windows for pair in w]
-        values = iter(self.elbo(flat))
-        results = [sum(next(values) for _ in w) for w in windows]
+        with self._bar(len(flat), "Running loglikelihood_rolling requests (windows)", disable_tqdm) as bar:
+            draws = self.elbo_draws(flat, bar)
+        ends = torch.tensor([len(w) for w in windows], dtype=torch.long).cumsum(0).tolist()
+        totals = torch.stack([draws[end - len(w):end].sum(0) for w, end in zip(windows, ends)]) if windows else draws
+        self.record_mc_errors("loglikelihood_rolling", requests, totals)  # a text's draws: the sums of its windows'
+        results = totals.mean(1).tolist()
         for req, res in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, res)
         return results
+
+    # -- Monte-Carlo error ----------------------------------------------------------------------
+    def record_mc_errors(self, kind: str, requests, draws: torch.Tensor) -> None:
+        """Keep each request's Monte-Carlo standard error and, per question with several choices, the
+        standard error of the gap between its top two (from the per-draw differences, so the common
+        random numbers count); then log the summary so far (the run's, as lm-eval sends every request
+        of a kind at once)."""
+        values, errors = draws.mean(1).tolist(), mc_stderr(draws).tolist()
+        questions: dict[tuple, list[int]] = defaultdict(list)
+        for i, req in enumerate(requests):
+            task, doc_id = getattr(req, "task_name", None), getattr(req, "doc_id", None)
+            self.mc_errors.append({"kind": kind, "task": task, "doc_id": doc_id, "value": values[i], "stderr": errors[i]})
+            if kind == "loglikelihood" and doc_id is not None:
+                questions[(task, doc_id)].append(i)
+        for (task, doc_id), idxs in questions.items():
+            if len(idxs) > 1:
+                first, second = sorted(idxs, key=lambda i: -values[i])[:2]
+                diff = draws[first] - draws[second]
+                self.mc_gaps.append({"task": task, "doc_id": doc_id, "gap": diff.mean().item(), "stderr": mc_stderr(diff).item()})
+        for line in self.mc_report():
+            log.info("%s", line)
+
+    def mc_summary(self) -> dict[str, Any]:
+        """The Monte-Carlo error of the log-likelihoods so far, per request kind: requests, mean and
+        largest standard error (nats); for multiple-choice questions also the median top-two gap, the
+        mean standard error of that gap, and the close calls (gap under ``CLOSE_CALL_Z`` of its error).
+        Standard errors are None with ``mc_samples=1``, where one draw cannot measure its own spread."""
+        out: dict[str, Any] = {}
+        for kind in ("loglikelihood", "loglikelihood_rolling"):
+            errors = [r["stderr"] for r in self.mc_errors if r["kind"] == kind]
+            if errors:
+                out[kind] = {"requests": len(errors), **_mean_max("stderr", errors)}
+        if self.mc_gaps:
+            gaps = sorted(g["gap"] for g in self.mc_gaps)
+            measured = self.config.mc_samples > 1
+            out["loglikelihood"].update(
+                questions=len(gaps), gap_median=gaps[len(gaps) // 2], **_mean_max("gap_stderr", [g["stderr"] for g in self.mc_gaps]),
+                close_calls=sum(g["gap"] < CLOSE_CALL_Z * g["stderr"] for g in self.mc_gaps) if measured else None)
+        return {"mc_samples": self.config.mc_samples, **out} if out else {}
+
+    def mc_report(self) -> list[str]:
+        """``mc_summary`` as lines of text for a log or a console."""
+        summary, lines = self.mc_summary(), []
+        fmt = lambda v: "n/a" if v is None else f"{v:.3g}"
+        for kind in ("loglikelihood", "loglikelihood_rolling"):
+            s = summary.get(kind)
+            if s is None:
+                continue
+            line = (f"{kind}: Monte-Carlo standard error (mc_samples={summary['mc_samples']}) mean {fmt(s['stderr_mean'])}, "
+                    f"max {fmt(s['stderr_max'])} nats over {s['requests']} requests")
+            if "questions" in s:
+                line += (f"; top-two gap median {fmt(s['gap_median'])} ± {fmt(s['gap_stderr_mean'])} (mean standard error); "
+                         f"{'n/a' if s['close_calls'] is None else s['close_calls']} of {s['questions']} questions are close calls "
+                         f"(gap under {CLOSE_CALL_Z:g} standard errors: raise mc_samples to settle them)")
+            lines.append(line)
+        return lines
 
     # -- generation -----------------------------------------------------------------------------
     def sampler_settings(self, gen_kwargs: dict[str, Any]) -> tuple[SamplerConfig, list[str]]:
@@ -245,11 +400,15 @@ class DiffusionLM(LM):
             temperature, top_p, top_k = 0.0, None, None
         elif temperature is None:
             temperature = 1.0
-        steps = max(length // self.config.tokens_per_step, math.ceil(length / self.config.block_length), 1)
-        cfg = SamplerConfig(gen_length=length, steps=steps, block_length=self.config.block_length,
-                            temperature=float(temperature), remasking=self.config.remasking,
-                            top_k=int(top_k) if top_k else None, top_p=float(top_p) if top_p else None)
+        cfg = self.sampler_config(length, float(temperature), int(top_k) if top_k else None, float(top_p) if top_p else None)
         return cfg, [s for s in until if s]
+
+    def sampler_config(self, gen_length: int, temperature: float, top_k: int | None, top_p: float | None) -> SamplerConfig:
+        """The one place the adapter builds its sampler settings: the request's length and sampling with
+        the adapter's blocks, remasking and L / tokens_per_step steps (at least one per block)."""
+        steps = max(gen_length // self.config.tokens_per_step, math.ceil(gen_length / self.config.block_length), 1)
+        return SamplerConfig(gen_length=gen_length, steps=steps, block_length=self.config.block_length,
+                             temperature=temperature, remasking=self.config.remasking, top_k=top_k, top_p=top_p)
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -259,24 +418,26 @@ class DiffusionLM(LM):
             groups[dataclasses.astuple(cfg)].append(i)
         prompts = [self._context(req.args[0]) for req in requests]
         out = [""] * len(requests)
-        for idxs in groups.values():
-            cfg = settings[idxs[0]][0]
-            room = self.max_length - cfg.gen_length
-            if room < 1:
-                raise UsageError(f"generation length {cfg.gen_length} leaves no room for a prompt in the model's {self.max_length}-token window")
-            idxs = sorted(idxs, key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
-            for start in range(0, len(idxs), self.config.batch_size):
-                batch = idxs[start:start + self.config.batch_size]
-                gens = None
-                if cfg.temperature > 0 or cfg.remasking == "random":
-                    gens = [keyed_generator(self.config.seed, "lm-eval-generate", i) for i in batch]
-                res = generate(self.adapter.logits, [prompts[i][-room:] for i in batch], self.adapter.mask_id,
-                               self.adapter.pad_id, cfg, gens)
-                for i, row in zip(batch, res.completions):
-                    text = self.adapter.decode(row)
-                    for stop in settings[i][1]:
-                        text = text.split(stop, 1)[0]
-                    out[i] = text
+        with self._bar(len(requests), "Running generate_until requests", disable_tqdm) as bar:
+            for idxs in groups.values():
+                cfg = settings[idxs[0]][0]
+                room = self.max_length - cfg.gen_length
+                if room < 1:
+                    raise UsageError(f"generation length {cfg.gen_length} leaves no room for a prompt in the model's {self.max_length}-token window")
+                idxs = sorted(idxs, key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
+                for start in range(0, len(idxs), self.config.batch_size):
+                    batch = idxs[start:start + self.config.batch_size]
+                    gens = None
+                    if cfg.temperature > 0 or cfg.remasking == "random":
+                        gens = [keyed_generator(self.config.seed, "lm-eval-generate", i) for i in batch]
+                    res = generate(self.adapter.logits, [prompts[i][-room:] for i in batch], self.adapter.mask_id,
+                                   self.adapter.pad_id, cfg, gens)
+                    for i, row in zip(batch, res.completions):
+                        text = self.adapter.decode(row)
+                        for stop in settings[i][1]:
+                            text = text.split(stop, 1)[0]
+                        out[i] = text
+                    bar.update(len(batch))
         for req, text in zip(requests, out):
             self.cache_hook.add_partial("generate_until", req.args, text)
         return out
@@ -296,13 +457,22 @@ class DiffusionLM(LM):
         return getattr(self.adapter.tokenizer, "chat_template", None) or ""
 
     def get_model_info(self) -> dict[str, Any]:
-        return {"dllm_rl_model": self.adapter.name, "dllm_rl_adapter": dataclasses.asdict(self.config)}
+        """Recorded in lm-eval's results ``config`` after the run, so the Monte-Carlo summary lands there too."""
+        return {"dllm_rl_model": self.adapter.name, "dllm_rl_adapter": dataclasses.asdict(self.config),
+                "dllm_rl_mc_error": self.mc_summary()}
 
 
-def _load_adapter(model: str | None, task: str | None, recipe: str | None) -> ModelAdapter:
+def _mean_max(name: str, values: list[float]) -> dict[str, float | None]:
+    """``{name_mean, name_max}`` of ``values`` leaving NaNs out (None when nothing is left)."""
+    finite = [v for v in values if not math.isnan(v)]
+    return {f"{name}_mean": sum(finite) / len(finite) if finite else None, f"{name}_max": max(finite, default=None)}
+
+
+def _load_adapter(model: str | None = None, task: str | None = None, recipe: str | None = None,
+                  trust_remote_code: bool = False) -> ModelAdapter:
     from .pipeline import build_task, load_model, resolve_config
 
-    run = resolve_config(None, task, model, recipe)
+    run = resolve_config(None, task, model, recipe, ("model.trust_remote_code=true",) if trust_remote_code else ())
     return load_model(run, build_task(run))
 
 
@@ -397,16 +567,17 @@ class LMEvalRequest:
     @classmethod
     def parse(cls, tasks: str, limit: str | None, include: tuple[str, ...], fewshot: int | None,
               args: tuple[str, ...], output: str | None) -> "LMEvalRequest":
-        from .config import parse_override
-
         names = [t.strip() for t in tasks.split(",") if t.strip()]
         if not names:
             raise UsageError("no lm-eval tasks given; pass a comma-separated list such as gsm8k,arc_easy")
         if fewshot is not None and fewshot < 0:
             raise UsageError(f"bad --lm-eval-fewshot {fewshot}: expected 0 or more")
-        settings = dict(parse_override(a) for a in args)
+        load, settings = split_model_args(dict(parse_override(a) for a in args))
+        misplaced = sorted(set(load) - {"device"})
+        if misplaced:
+            raise UsageError(f"--lm-eval-arg {misplaced[0]}=... is not an adapter setting; the model comes from --model, --task, --recipe and --checkpoint")
         from_dict(LMEvalConfig, settings, "lm-eval")  # type-check now, before the model loads
-        return cls(names, parse_limit(limit), fewshot, settings, output, task_manager(names, include))
+        return cls(names, parse_limit(limit), fewshot, {**load, **settings}, output, task_manager(names, include))
 
     def run(self, adapter: ModelAdapter, run, console, checkpoint: str | None = None) -> Path:
         """Score ``adapter``, write one results JSON atomically, print the metrics; returns the path."""
@@ -439,5 +610,7 @@ class LMEvalRequest:
                     stderr = row.get(f"{metric}_stderr,{filt}")
                     table.add_row(task_name, metric, filt, fmt(value), "-" if stderr is None else fmt(stderr))
         console.print(table)
+        for line in lm.mc_report():
+            console.print(line, markup=False, highlight=False)
         console.print(f"results: {path}")
         return path

@@ -39,7 +39,7 @@ class Grid:
     recipe: str | None = None
     sets: list[str] = field(default_factory=list)
     variants: dict[str, list[str]] = field(default_factory=dict)
-    out: str = "results"
+    out: str = "runs/results"
     run_dir: str | None = None
 
 
@@ -78,7 +78,7 @@ def load_grid(path: str) -> Grid:
         raise UsageError(f"grid file {path!r}: seeds must be integers, got {seeds!r}")
     variants = {str(k): _overrides(v, f"variants.{k}") for k, v in (data.get("variants") or {}).items()}
     return Grid(algorithms=algos, tasks=list(tasks), seeds=list(seeds), model=data.get("model"), recipe=data.get("recipe"),
-                sets=_overrides(data.get("set"), "set"), variants=variants, out=data.get("out") or "results",
+                sets=_overrides(data.get("set"), "set"), variants=variants, out=data.get("out") or "runs/results",
                 run_dir=data.get("run_dir"))
 
 
@@ -222,15 +222,20 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
             "seconds": result["timing"]["total_s"]}
 
 
-def _warm_tiny_cache(jobs: list[Job]) -> None:
-    """Pretrain each distinct tiny base once, before parallel workers would race to build the same one."""
-    from .models.tiny_family import base_checkpoint
-    from .pipeline import build_task, gen_length_of
+def _warm_caches(jobs: list[Job]) -> None:
+    """Let each job's model family build what it caches (the tiny family: its pretrained base) once,
+    before parallel workers would race to build the same one: a family module's optional
+    ``prepare(run, task)``."""
+    import inspect
+
+    from . import registry
+    from .pipeline import build_task
 
     for job in jobs:
-        if job.run.model.name == "tiny":
-            task = build_task(job.run)
-            base_checkpoint(job.run, task, gen_length_of(job.run, task, "direct"))  # cached after the first
+        loader = registry.model(job.run.model.name).load()
+        prepare = getattr(inspect.getmodule(loader), "prepare", None)
+        if prepare is not None:
+            prepare(job.run, build_task(job.run))  # cached after the first
 
 
 def execute(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = print) -> dict[str, int]:
@@ -279,7 +284,7 @@ def execute(jobs: list[Job], workers: int = 1, log: Callable[[str], None] = prin
 
     import multiprocessing
 
-    _warm_tiny_cache(todo)
+    _warm_caches(todo)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         with _sigterm_as_interrupt():

@@ -146,10 +146,11 @@ class Trainer:
         if run.eval.every and run.eval.val_split not in task.splits:
             raise UsageError(f"eval.val_split {run.eval.val_split!r} is not a split of task {run.task.name!r}; "
                              f"valid: {', '.join(s for s in task.splits if s != run.eval.split)}")
-        self.sampler = SamplerConfig(gen_length=gen_length, steps=r.steps, block_length=r.block_length,
-                                     temperature=r.temperature, remasking=r.remasking, threshold=r.threshold,
-                                     prompt_cache=r.prompt_cache, prompt_cache_refresh=r.prompt_cache_refresh,
-                                     batch_size=r.batch_size, eos_id=adapter.eos_id if r.early_stop else None)
+        try:
+            r.check_steps(gen_length)  # gen_length may come from the task's protocol
+        except ValueError as exc:
+            raise UsageError(f"rollout: {exc}") from None
+        self.sampler = SamplerConfig.of(r, gen_length, eos_id=adapter.eos_id if r.early_stop else None)
         if r.prompt_cache:
             try:
                 adapter.prompt_cache_fns()

@@ -3,6 +3,7 @@ ELBO, and an offline lm-eval run on shipped task YAMLs scores exactly our model'
 import json
 import math
 import random
+import statistics
 from pathlib import Path
 
 import lm_eval.evaluator  # noqa: F401  (a one-time import of several seconds, paid at collection)
@@ -15,7 +16,8 @@ from dllm_rl.diffusion.likelihood import Sequences, elbo_terms
 from dllm_rl.diffusion.sampler import SamplerConfig, generate
 from dllm_rl.errors import UsageError
 from dllm_rl.evaluation import generate_texts
-from dllm_rl.lm_eval_adapter import DiffusionLM, LMEvalRequest, parse_limit, run_lm_eval, task_manager
+from dllm_rl.lm_eval_adapter import (DiffusionLM, LMEvalRequest, parse_limit, resolve_device, run_lm_eval,
+                                     task_manager)
 from dllm_rl.models.pretrain import pretrain
 from dllm_rl.models.tiny import TinyDLM, TinyDLMConfig, build_tokenizer
 from dllm_rl.models.tiny_family import make_adapter
@@ -45,14 +47,21 @@ def request(kind, *args):
     return Instance(request_type=kind, doc={}, arguments=args, idx=0)
 
 
-def direct_elbo(adapter, context, continuation, seed=0, mc=4):
-    """The ELBO of one request straight from ``elbo_terms``, with the adapter's documented mask key."""
+def direct_draws(adapter, context, continuation, seed=0, mc=4):
+    """The per-draw ELBO estimates of one request straight from ``elbo_terms``, one draw at a time with
+    the adapter's documented mask key (seed, "lm-eval-elbo", L, draw)."""
     ctx = adapter.encode_prompt(context)
     cont = adapter.encode_prompt(continuation)
     seqs = Sequences(prompt_ids=torch.tensor([ctx]), prompt_mask=torch.ones(1, len(ctx), dtype=torch.long),
                      completion_ids=torch.tensor([cont]), rows=torch.zeros(1, dtype=torch.long), num_rows=1)
     with torch.no_grad():
-        return elbo_terms(adapter.logits, seqs, adapter.mask_id, (seed, "lm-eval-elbo", len(cont)), num_samples=mc).sum().item()
+        return [elbo_terms(adapter.logits, seqs, adapter.mask_id, (seed, "lm-eval-elbo", len(cont), m), num_samples=1).sum().item()
+                for m in range(mc)]
+
+
+def direct_elbo(adapter, context, continuation, seed=0, mc=4):
+    """The ELBO estimate of one request: the mean of its draws."""
+    return statistics.fmean(direct_draws(adapter, context, continuation, seed, mc))
 
 
 def test_generate_until_is_the_toolkit_sampler_with_stop_strings(adapter):
@@ -173,14 +182,104 @@ def test_settings_and_registration(adapter):
         lm.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
+def choice_requests(rows):
+    """The answer choices of ``rows`` as lm-eval sends a multiple-choice task: one request per choice,
+    tagged with its task and question (doc_id)."""
+    return [Instance(request_type="loglikelihood", doc={}, arguments=(r["puzzle"] + "=", c), idx=j, metadata=("mc", d, 1))
+            for d, r in enumerate(rows) for j, c in enumerate(r["choices"])]
+
+
+def test_mc_stderr_is_the_standard_error_of_the_draws_and_shrinks_with_more(adapter):
+    reqs = choice_requests(ROWS[:2])
+    stderr = {}
+    for mc in (64, 256):  # enough draws to see the rare heavy ones (a masked count of 1 weighs L+1)
+        lm = DiffusionLM(adapter, mc_samples=mc, greedy_check=False)
+        lm.loglikelihood(reqs)
+        stderr[mc] = [r["stderr"] for r in lm.mc_errors]
+        for req, record in zip(reqs[:2], lm.mc_errors):  # by hand: sample std of the per-draw ELBOs / sqrt(draws)
+            draws = direct_draws(adapter, *req.args, mc=mc)
+            assert record["value"] == pytest.approx(statistics.fmean(draws), abs=1e-4)
+            assert record["stderr"] == pytest.approx(statistics.stdev(draws) / math.sqrt(mc), rel=1e-3)
+            assert (record["task"], record["doc_id"], record["kind"]) == ("mc", req.doc_id, "loglikelihood")
+    assert all(e > 0 for e in stderr[64])
+    assert statistics.fmean(stderr[256]) < 0.7 * statistics.fmean(stderr[64])  # ~1/sqrt(draws): 4x the draws, ~1/2 the error
+    one = DiffusionLM(adapter, mc_samples=1, greedy_check=False)
+    one.loglikelihood(reqs)
+    assert math.isnan(one.mc_errors[0]["stderr"])  # one draw cannot measure its own spread
+    assert one.mc_summary()["loglikelihood"]["stderr_mean"] is None and one.mc_summary()["loglikelihood"]["close_calls"] is None
+
+
+def test_mc_summary_compares_the_error_with_the_gaps_between_choices(adapter, caplog):
+    reqs = choice_requests(ROWS[:4])
+    lm = DiffusionLM(adapter, mc_samples=8, greedy_check=False)
+    with caplog.at_level("INFO", logger="dllm_rl.lm_eval_adapter"):
+        values = [v for v, _ in lm.loglikelihood(reqs)]
+    pairs = [lm.encode_pair(*r.args) for r in reqs]
+    draws = lm.elbo_draws(pairs)
+    close = 0
+    for d in range(4):  # by hand: top two choices, their per-draw differences (common random numbers kept)
+        first, second = sorted(range(3 * d, 3 * d + 3), key=lambda i: -values[i])[:2]
+        diff = (draws[first] - draws[second]).tolist()
+        gap, se = statistics.fmean(diff), statistics.stdev(diff) / math.sqrt(8)
+        assert lm.mc_gaps[d]["gap"] == pytest.approx(gap, abs=1e-6) and lm.mc_gaps[d]["stderr"] == pytest.approx(se, rel=1e-6)
+        assert gap == pytest.approx(values[first] - values[second], abs=1e-6) and gap >= 0
+        close += gap < 2 * se
+    summary = lm.get_model_info()["dllm_rl_mc_error"]
+    assert summary["mc_samples"] == 8
+    ll = summary["loglikelihood"]
+    assert (ll["requests"], ll["questions"], ll["close_calls"]) == (12, 4, close)
+    assert ll["stderr_max"] == pytest.approx(max(r["stderr"] for r in lm.mc_errors))
+    assert f"{close} of 4 questions are close calls" in caplog.text and "mc_samples=8" in caplog.text
+    lm.loglikelihood_rolling([request("loglikelihood_rolling", "1234341221434321")])
+    rolling = lm.mc_summary()["loglikelihood_rolling"]
+    assert rolling["requests"] == 1 and rolling["stderr_mean"] > 0
+
+
+def test_progress_bars_over_requests(adapter, capsys):
+    lm = DiffusionLM(adapter, mc_samples=1)
+    gen = [request("generate_until", ROWS[0]["puzzle"] + "=", {"max_gen_toks": 8})]
+    lm.generate_until(gen, disable_tqdm=True)
+    lm.loglikelihood([request("loglikelihood", "1=", "2")], disable_tqdm=True)
+    assert capsys.readouterr().err == ""
+    lm.generate_until(gen)
+    lm.loglikelihood([request("loglikelihood", "1=", "2")])
+    err = capsys.readouterr().err
+    assert "Running generate_until requests" in err and "Running loglikelihood requests" in err and "1/1" in err
+    assert "Checking is_greedy" in err
+
+
+def test_device_defaults_to_cuda_when_available_else_cpu(adapter):
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device(None).type == expected and resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():  # lm-eval's command line asks for cuda:0 by default
+        assert resolve_device("cuda:0").type == "cpu"
+        assert DiffusionLM.create_from_arg_obj({"adapter": adapter}, {"device": "cuda:0"}).device.type == "cpu"
+    with pytest.raises(UsageError, match="bad device 'gpu'"):
+        DiffusionLM(adapter, device="gpu")
+    lm = DiffusionLM.create_from_arg_obj({"adapter": adapter, "device": "cpu"}, {"device": "cuda:0", "batch_size": 1})
+    assert lm.device.type == "cpu" and lm.config.batch_size == 1  # model_args win over lm-eval's own, no clash
+
+
+def test_model_args_arrive_as_strings(adapter):
+    lm = DiffusionLM.create_from_arg_obj({"adapter": adapter, "mc_samples": "3", "greedy_check": "false", "gen_length": "none",
+                                          "remasking": "random", "seed": "7", "max_batch_size": "64"}, {"batch_size": "auto"})
+    assert (lm.config.mc_samples, lm.config.greedy_check, lm.config.gen_length) == (3, False, None)
+    assert (lm.config.remasking, lm.config.seed, lm.config.batch_size) == ("random", 7, 16)
+    with pytest.raises(UsageError, match="unknown setting 'lm-eval.mc_sample' \\(did you mean 'mc_samples'\\?\\); valid: model, task"):
+        DiffusionLM.create_from_arg_obj({"adapter": adapter, "mc_sample": "3"})
+    with pytest.raises(UsageError, match="lm-eval.mc_samples: expected an integer, got 'many'"):
+        DiffusionLM(adapter, mc_samples="many")
+
+
 def test_lm_eval_builds_the_model_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path / "cache"))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("pretrain: {steps: 3, hidden_size: 32, intermediate_size: 64, num_layers: 1}\n"
                       "task: {name: sudoku, params: {train_puzzles_per_grid: 1}}\n")
-    lm = DiffusionLM.create_from_arg_string(f"model=tiny,recipe={recipe},mc_samples=2", {"batch_size": 4, "device": None})
+    lm = DiffusionLM.create_from_arg_string(f"model=tiny,recipe={recipe},mc_samples='2'", {"batch_size": 4, "device": None})
     assert lm.adapter.name == "tiny" and lm.adapter.model.config.hidden_size == 32
-    assert (lm.config.mc_samples, lm.config.batch_size) == (2, 4)
+    assert (lm.config.mc_samples, lm.config.batch_size) == (2, 4)  # '2' stays a string in lm-eval's parsing
+    assert lm.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UsageError, match="not both"):
         DiffusionLM(lm.adapter, model="tiny")
 

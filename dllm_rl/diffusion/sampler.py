@@ -16,7 +16,7 @@ filled with EOS and leaves the batch) and approximate prompt caching. Finished r
 forward passes; ``row_nfe`` counts each row's own forward passes."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import inspect
 
@@ -28,10 +28,11 @@ REMASKING = ("low_confidence", "random", "entropy", "margin")
 
 
 @dataclass
-class SamplerConfig:
-    """Defaults follow LLaDA's evaluation protocol: blocks of 32, two tokens per step, greedy."""
+class DecodingConfig:
+    """How completions are decoded, whatever their length: the settings rollouts (``RolloutConfig``,
+    which extends this) and the sampler (``SamplerConfig``) share, with their checks, defined once.
+    Defaults follow LLaDA's evaluation protocol: blocks of 32, two tokens per step, greedy."""
 
-    gen_length: int = 256
     steps: int | None = None
     """Denoising steps in total; None = gen_length // 2 (two tokens per step). With ``threshold`` it is
     a budget: at most this many steps (spread over blocks as in the fixed schedule), None = no cap."""
@@ -58,12 +59,16 @@ class SamplerConfig:
     batch_size: int | None = None
     """Rows decoded together in one batch of forward passes (memory at real vocabularies); None = all.
     Completions do not depend on it."""
-    eos_id: int | None = None
-    """Early stop: once every masked position of a row lies in blocks after a fully committed block
-    containing this token, the rest is filled with it (log-prob 0) without further forward passes.
-    None = off."""
 
     def __post_init__(self):
+        for name in ("steps", "block_length", "batch_size", "top_k"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or null, got {self.top_p}")
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         if self.threshold is not None:
@@ -74,8 +79,33 @@ class SamplerConfig:
                 raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.prompt_cache_refresh < 0:
             raise ValueError(f"prompt_cache_refresh must be >= 0 (0 = never), got {self.prompt_cache_refresh}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1 (or null = all rows), got {self.batch_size}")
+
+    def check_steps(self, gen_length: int) -> None:
+        """A step budget needs at least one step per block of ``gen_length``."""
+        blocks = -(-gen_length // self.block_length)
+        if self.steps is not None and self.steps < blocks:
+            raise ValueError(f"steps ({self.steps}) must be at least the number of blocks of gen_length / "
+                             f"block_length ({blocks})")
+
+    def decoding(self) -> dict:
+        """This config's decoding fields (those of ``DecodingConfig``) as keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in fields(DecodingConfig)}
+
+
+@dataclass
+class SamplerConfig(DecodingConfig):
+    """One generation call: the decoding settings at a completion length, with optional early stop."""
+
+    gen_length: int = 256
+    eos_id: int | None = None
+    """Early stop: once every masked position of a row lies in blocks after a fully committed block
+    containing this token, the rest is filled with it (log-prob 0) without further forward passes.
+    None = off."""
+
+    @classmethod
+    def of(cls, decoding: DecodingConfig, gen_length: int, eos_id: int | None = None) -> "SamplerConfig":
+        """The sampler for ``decoding`` (e.g. a run's rollout settings) at ``gen_length``."""
+        return cls(**decoding.decoding(), gen_length=gen_length, eos_id=eos_id)
 
     @property
     def num_steps(self) -> int:

@@ -63,13 +63,18 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
     return atomic_write_dir(path, write)
 
 
+def prepare(run: RunConfig, task: Task, progress=None) -> Path:
+    """The family's cache hook (``dllm-rl sweep`` calls it before parallel workers): the base checkpoint."""
+    from ..pipeline import gen_length_of
+
+    return base_checkpoint(run, task, gen_length_of(run, task, "direct"), progress)
+
+
 def load(run: RunConfig, task: Task, progress=None) -> ModelAdapter:
     """The tiny model for ``run``: pretrained on the task's train split (cached) at the rollout length."""
     from transformers import PreTrainedTokenizerFast
 
-    from ..pipeline import gen_length_of
-
-    path = base_checkpoint(run, task, gen_length_of(run, task, "direct"), progress)
+    path = prepare(run, task, progress)
     model = TinyDLM.from_pretrained(path).eval()
     adapter = make_adapter(model, PreTrainedTokenizerFast.from_pretrained(path))
     m = run.model

@@ -1,4 +1,5 @@
-"""ESPO's loss against a hand computation from the spec (shared/spec/algorithms.md):
+"""ESPO's loss against a hand computation of the ESPO paper's Eq. 7, 8 and 10 (as written in
+algorithms/espo.py's docstring; the objective is described in docs/algorithms.md):
 
 rho_i = exp((ELBO_theta - ELBO_old) / L),
 loss = -(1/B) sum_i min(rho_i A_i, clip(rho_i, 1-eps_low, 1+eps_high) A_i)

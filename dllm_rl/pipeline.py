@@ -39,10 +39,12 @@ def resolve_config(algo: str | None = None, task: str | None = None, model: str 
         if names[kind] is None:
             names[kind] = (recipe_data.get(kind) or {}).get("name") or getattr(RunConfig(), kind).name
     model_entry = registry.model(names["model"])  # unknown names fail here, with the valid ones listed
-    registry.get("tasks", names["task"])
+    user_data = names["task"] == "data" or names["task"].startswith("data:")  # --task data:PATH (docs/data.md)
+    task_kind = "data" if user_data else names["task"]
+    registry.get("tasks", task_kind)
     registry.get("algorithms", names["algorithm"])
     data: dict[str, Any] = {}
-    for preset in registry.presets(model_entry.name, names["task"], names["algorithm"], model_entry.info.get("family")):
+    for preset in registry.presets(model_entry.name, task_kind, names["algorithm"], model_entry.info.get("family")):
         data = merge(data, preset)
     data = merge(data, recipe_data)
     for kind, name in names.items():
@@ -52,7 +54,10 @@ def resolve_config(algo: str | None = None, task: str | None = None, model: str 
     for key, value in overrides:
         set_path(data, key, value)
     run = from_dict(RunConfig, data)
-    build_task(run), build_algorithm(run)  # validate plugin params now, not after pretraining
+    task_obj, _ = build_task(run), build_algorithm(run)  # validate plugin params now, not after pretraining
+    if user_data:  # named by content (data:NAME@HASH): results files, compare columns, the tiny model's cache
+        run.task.params = {"path": task_obj.source, **run.task.params}
+        run.task.name = task_obj.name
     return run
 
 
@@ -61,8 +66,13 @@ def _plugin_config(cls, params: dict[str, Any], where: str):
 
 
 def build_task(run: RunConfig) -> Task:
-    cls = registry.get("tasks", run.task.name).load()
-    return cls(_plugin_config(cls, run.task.params, "task"))
+    name, params = run.task.name, run.task.params
+    if name == "data" or name.startswith("data:"):  # the user's own data: the path (or a spec's settings) into params
+        cls = registry.get("tasks", "data").load()
+        params = cls.params_for(name, params)
+    else:
+        cls = registry.get("tasks", name).load()
+    return cls(_plugin_config(cls, params, "task"))
 
 
 def build_algorithm(run: RunConfig) -> Algorithm:

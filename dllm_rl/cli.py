@@ -65,24 +65,15 @@ def _execute(run, train: bool, final_eval: bool, resume: bool = False):
     from accelerate import PartialState
 
     from .pipeline import run_pipeline
+    from .progress import RunProgress
 
     _quiet_libraries()
     if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:  # under `accelerate launch` only process 0 talks
-        return run_pipeline(run, train=train, final_eval=final_eval, resume=resume)
+        return run_pipeline(run, progress=False, train=train, final_eval=final_eval, resume=resume)
     console.print(f"[bold]dllm-rl[/] {'run' if final_eval else 'train'}: model={run.model.name} task={run.task.name} "
                   f"algorithm={run.algorithm.name} seed={run.seed} steps={run.optim.max_steps}")
     with _progress() as progress:
-        bar = progress.add_task("RL training", total=run.optim.max_steps, visible=False)
-
-        def on_step(step, m):
-            progress.update(bar, visible=True, advance=1, description=(
-                f"RL step {step + 1}: reward {m['reward']:.3f} kl {m.get('kl', 0):.2e} "
-                f"clip {m.get('clip_frac', 0):.2f} |g| {m.get('grad_norm', 0):.2f} {m['seconds']:.1f}s/step"))
-            if not console.is_terminal and ((step + 1) % 10 == 0 or step == 0):
-                console.print(f"step {step + 1}/{run.optim.max_steps} reward {m['reward']:.3f} kl {m.get('kl', 0):.2e} "
-                              f"clip {m.get('clip_frac', 0):.2f} grad_norm {m.get('grad_norm', 0):.3f} {m['seconds']:.2f}s")
-
-        result = run_pipeline(run, progress=progress, on_step=on_step, train=train, final_eval=final_eval, resume=resume)
+        result = run_pipeline(run, progress=RunProgress(progress), train=train, final_eval=final_eval, resume=resume)
     _print_summary(result)
     return result
 
@@ -178,7 +169,7 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
     with _progress() as progress:
         adapter = load_model(run_cfg, task_obj, progress)
     if checkpoint:
-        adapter.model = type(adapter.model).from_pretrained(checkpoint).eval()
+        adapter.model = _load_checkpoint_folder(type(adapter.model), Path(checkpoint))
     if lm_eval is not None:
         lm_eval.run(adapter, run_cfg, console, checkpoint)
         return
@@ -189,7 +180,11 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
     split = split or run_cfg.eval.split
     if split not in task_obj.splits:
         raise UsageError(f"unknown split {split!r} for task {run_cfg.task.name!r}; valid: {', '.join(task_obj.splits)}")
-    res = run_eval(adapter, task_obj, split, lens, run_cfg.eval.batch_size, run_cfg.eval.max_examples)
+    from .progress import RunProgress
+
+    with _progress() as progress:
+        bar = RunProgress(progress).bar(f"evaluating on {split}", None)
+        res = run_eval(adapter, task_obj, split, lens, run_cfg.eval.batch_size, run_cfg.eval.max_examples, run_cfg, bar)
     table = Table(title=f"{run_cfg.model.name} on {run_cfg.task.name} ({split})")
     table.add_column("L")
     metric_names = [k for k in next(iter(res.values())) if k not in ("n", "nfe", "seconds") and not k.endswith("_stderr")]
@@ -198,6 +193,18 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
     for length, row in res.items():
         table.add_row(length, *[f"{100 * row[k]:.1f}" for k in metric_names], str(row["n"]), str(row["nfe"]))
     console.print(table)
+
+
+def _load_checkpoint_folder(model_class, folder):
+    """A trained model folder (``runs/<run>/final``) via ``from_pretrained``; one line when it is not one."""
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"checkpoint folder {str(folder)!r} has no config.json; expected a trained model folder "
+                         "such as runs/<run>/final")
+    try:
+        return model_class.from_pretrained(folder).eval()
+    except Exception as exc:  # truncated or foreign weights fail in many ways (safetensors, torch, json)
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise UsageError(f"checkpoint folder {str(folder)!r} could not be loaded ({why}); is it complete?") from None
 
 
 @cli.command()
@@ -211,7 +218,7 @@ def merge(model, adapter, out, sets):
 
     from .models.lora import merge as merge_lora
     from .pipeline import build_task, load_model
-    from .results import atomic_write_dir
+    from .atomic import atomic_write_dir
 
     _quiet_libraries()
     run_cfg = _resolve(None, None, model, None, None, sets, None, None, False, adapter)
@@ -225,6 +232,16 @@ def merge(model, adapter, out, sets):
 
     path = atomic_write_dir(Path(out), write)
     console.print(f"merged checkpoint: {path}")
+
+
+@cli.command(name="lm-eval", add_help_option=False,
+             context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_passthrough(args):
+    """lm-eval's own command line with --model dllm-rl available; every argument passes to lm-eval unchanged."""
+    from .lm_eval_cli import run as run_lm_eval_cli
+
+    run_lm_eval_cli(list(args))
 
 
 def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str, caption: str) -> None:
@@ -249,8 +266,11 @@ def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str,
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(), default="results")
-@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv"]), default="table")
+@click.argument("results_dir", type=click.Path(), default="runs/results")
+@click.option("--study", "studies", multiple=True, metavar="NAME",
+              help="Only this study (subfolder of RESULTS_DIR, e.g. sudoku-espo); repeatable.")
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              help="table / markdown: one leaderboard per study; csv / json: tidy records (values as fractions).")
 @click.option("--error", type=click.Choice(["std", "sem"]), default="std", show_default=True,
               help="Error bar over seeds: sample standard deviation or standard error of the mean.")
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False), default=None,
@@ -258,44 +278,82 @@ def _print_table(header: list[str], rows: list[list[str]], fmt: str, title: str,
 @click.option("--plot-metric", "plot_metrics", multiple=True, default=("reward",), show_default=True,
               help="Training-curve field to plot (repeatable), e.g. reward, kl, grad_norm, clip_frac, rollout_nfe, "
                    "or val_accuracy (the validation metric recorded every eval.every steps).")
-@click.option("--smooth", type=int, default=1, show_default=True, help="Moving-average window (steps) for the curves.")
+@click.option("--smooth", type=int, default=1, show_default=True,
+              help="Trailing moving average over this many logged points of each curve (steps, or evaluations for val_*).")
+@click.option("--log-scale", is_flag=True, help="Plot the curves' y axis on a log scale (e.g. kl, whose spikes flatten the rest).")
 @click.option("--costs", "show_costs", is_flag=True,
               help="Also print what each run spent: steps, training minutes, s/step, rollout NFE, final reward.")
 @click.option("--budget-seconds", type=float, default=None,
               help="Also compare at equal wall-clock: each run's last validation score within this many seconds of training.")
-def compare(results_dir, fmt, error, plots_dir, plot_metrics, smooth, show_costs, budget_seconds):
-    """Leaderboard of all results files in RESULTS_DIR (paper-style table with deltas vs base): seeds of
-    the same model + algorithm (+ variant label) averaged, mean ± std (or sem) with n seeds."""
-    from .results import leaderboard, load_results, mixed_bases
+def compare(results_dir, studies, fmt, error, plots_dir, plot_metrics, smooth, log_scale, show_costs, budget_seconds):
+    """Leaderboards of the results files in RESULTS_DIR (default: runs/results, your own runs): one
+    table per study (subfolder), rows model + algorithm (+ variant label) with seeds averaged, mean ±
+    std (or sem) with n seeds, a base row and a delta row against it."""
+    import json
 
-    results = load_results(results_dir)
-    _print_table(*leaderboard(results, error=error), fmt, f"dllm-rl results ({results_dir}); accuracy in %, mean ± {error} over n seeds",
-                 f"Accuracy in %, mean ± {error} over n seeds.")
+    from .results import by_study, leaderboard, load_results, mixed_bases, skipped_lines, tidy
+
+    if budget_seconds is not None and budget_seconds <= 0:  # options first: bad input costs no reading
+        raise UsageError(f"--budget-seconds: the wall-clock budget must be positive, got {budget_seconds:g} s")
+    if smooth < 1:
+        raise UsageError(f"--smooth must be at least 1, got {smooth}")
+    skipped: list = []
+    results = load_results(results_dir, skipped)
+    for line in skipped_lines(skipped):
+        click.echo(f"warning: {line}", err=True)
+    groups = by_study(results)
+    if studies:
+        unknown = [s for s in studies if s not in groups]
+        if unknown:
+            raise UsageError(f"no study {unknown[0]!r} in {results_dir}; studies: {', '.join(g or '(top level)' for g in groups) or 'none'}")
+        groups = {s: groups[s] for s in studies}
+        results = [r for r in results if r["_experiment"] in groups]
+    if not results:
+        raise UsageError(f"no results files found in {results_dir!r} (expected *.json written by `dllm-rl run`)")
+    if fmt in ("csv", "json"):
+        records = [rec for study, rs in groups.items() for rec in tidy(rs, error, study)]
+        if fmt == "json":
+            click.echo(json.dumps(records, indent=1))
+        else:
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=["study", "model", "algorithm", "task", "length", "metric", "row",
+                                                     "mean", error, "n"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+            click.echo(buf.getvalue(), nl=False)
+    else:
+        for i, (study, rs) in enumerate(groups.items()):
+            where = f"{results_dir}/{study}" if study else results_dir
+            if fmt == "markdown" and i:
+                click.echo("")
+            _print_table(*leaderboard(rs, error=error), fmt, f"{where}: accuracy in %, mean ± {error} over n seeds",
+                         f"{where}: accuracy in %, mean ± {error} over n seeds.")
     if show_costs:
         from .results import costs
 
         if fmt == "markdown":
             click.echo("")
-        _print_table(*costs(results, error=error), fmt, f"training cost ({results_dir}); mean ± {error} over n seeds",
-                     f"Training cost, mean ± {error} over n seeds.")
+        _print_table(*costs(results, error=error), "csv" if fmt == "json" else fmt,
+                     f"training cost ({results_dir}); mean ± {error} over n seeds", f"Training cost, mean ± {error} over n seeds.")
     if budget_seconds is not None:
         from .results import at_budget
 
         if fmt == "markdown":
             click.echo("")
-        _print_table(*at_budget(results, budget_seconds, error=error), fmt,
+        _print_table(*at_budget(results, budget_seconds, error=error), "csv" if fmt == "json" else fmt,
                      f"equal wall-clock ({results_dir}); validation in %, mean ± {error} over n seeds",
                      f"Validation at equal wall-clock, in %, mean ± {error} over n seeds.")
     if plots_dir:
         from .plots import plot_curves
 
-        written = [p for key in plot_metrics for p in plot_curves(results, plots_dir, key, smooth, error)]
+        written = [p for key in plot_metrics for p in plot_curves(results, plots_dir, key, smooth, error, log_scale)]
         if not written:
             raise UsageError(f"no training curves with {', '.join(plot_metrics)} in {results_dir} (runs with training record them)")
         for path in written:
             err_console.print(f"plot: {path}")
-    for line in mixed_bases(results):  # after the tables: a bad option above still fails with one line
-        click.echo(f"warning: {line}", err=True)
+    for study, rs in groups.items():  # after the tables: a bad option above still fails with one line
+        for line in mixed_bases(rs):
+            click.echo(f"warning: {f'{study}: ' if study else ''}{line}", err=True)
 
 
 @cli.command()
@@ -359,9 +417,10 @@ def sweep(grid_file, algos, tasks, seeds, model, recipe, sets, variants, out, ru
 
 @cli.command(name="list")
 def list_plugins():
-    """Algorithms, tasks and models, with where each comes from."""
+    """Algorithms, tasks and models, with where each comes from; a warning line per name defined twice."""
     from . import registry
 
+    conflicts = []
     for kind in registry.KINDS:
         table = Table(title=kind)
         table.add_column("name")
@@ -369,8 +428,29 @@ def list_plugins():
         table.add_column("target")
         table.add_column("description")
         for name, e in sorted(registry.entries(kind).items()):
-            table.add_row(name, e.source, e.target, e.description)
+            table.add_row(name, e.source, e.target, registry.describe(e))
+            conflicts += [e.conflict()] if e.conflict() else []
         console.print(table)
+    for message in conflicts:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@cli.group(name="config")
+def config_group():
+    """The resolved configuration of a run."""
+
+
+@config_group.command(name="show")
+@run_options
+def config_show(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code, resume):
+    """Print the configuration `dllm-rl run` would use with these options, as YAML (reusable with --recipe):
+    defaults < presets < recipe < names and seed < --set, every value checked."""
+    import yaml
+
+    from .config import to_dict
+
+    run_cfg = _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code)
+    click.echo(yaml.safe_dump(to_dict(run_cfg), sort_keys=False), nl=False)
 
 
 @cli.command()
@@ -395,7 +475,12 @@ def main(argv=None):
     try:
         cli.main(args=argv, prog_name="dllm-rl", standalone_mode=False)
     except UsageError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        report = lambda: err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from .distributed import exit_launched, launcher_pid
+
+        if launcher_pid() is not None:  # under `accelerate launch`: one line, not one per process plus its traceback
+            exit_launched(2, report)
+        report()
         sys.exit(2)
     except click.exceptions.Abort:
         err_console.print("aborted")

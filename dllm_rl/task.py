@@ -44,6 +44,12 @@ class Task(abc.ABC):
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    description: ClassVar[str] = ""
+    """One line for ``dllm-rl list`` (plugins); empty = the first line of the class's own docstring."""
+    presets: ClassVar[list[dict[str, Any]]] = []
+    """Settings a plugin brings when it is chosen, as registry.yaml's: ``[{"match": {"model": "tiny"},
+    "set": {"pretrain.steps": 300}}]`` (``match`` optional). They override the built-in presets and are
+    overridden by a recipe and ``--set``; see docs/plugins.md."""
 
     def __init__(self, config: TaskConfig | None = None):
         self.config = config if config is not None else self.Config()

@@ -81,7 +81,7 @@ class AceCoder(CodeTask):
 
     def _load(self) -> dict[str, list[Example]]:
         c = self.config
-        rows = load_rows(c.hub_id, "train", None, c.data_path)
+        rows = load_rows(c.hub_id, "train", None, c.data_path, task="acecoder")
         if c.subset == "hard":
             rows = hard_subset(rows, c.hard_models, c.hard_mean_percentile, c.hard_std_percentile)
         if len(rows) <= c.validation_size + c.test_size:

@@ -1,13 +1,15 @@
 """Loading code-benchmark data: the Hugging Face Hub through ``datasets`` by default, or a local copy.
 
-A local copy (``task.data_path``) is a JSON Lines, JSON or Parquet file in the hub's schema, or a
-folder with one such file per split (``test.jsonl``, ``train.parquet``, ...)."""
+A local copy (``task.data_path``) is a JSON Lines, JSON or Parquet file in the hub's schema, a
+folder with one such file per split (``test.jsonl``, ``train.parquet``, ...), or a hub snapshot folder
+(``hf download ID --repo-type dataset --local-dir DIR``: ``full/test-00000-of-00001.parquet``, ...)."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 
+from dllm_rl import hub_data
 from dllm_rl.errors import UsageError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -57,15 +59,16 @@ def read_rows(path: Path) -> list[dict]:
         raise UsageError(f"cannot read {str(path)!r}: {exc}") from None
 
 
-def load_rows(hub_id: str, split: str, name: str | None = None, data_path: str | None = None) -> list[dict]:
-    """Rows of ``split``: from ``data_path`` if given, else ``datasets.load_dataset(hub_id, name)``."""
+def load_rows(hub_id: str, split: str, name: str | None = None, data_path: str | None = None, *,
+              task: str) -> list[dict]:
+    """Rows of ``split``: from ``data_path`` if given, else the hub through ``datasets`` (probed once, cached
+    copies used offline; a failure is one line naming ``--set task.data_path``)."""
     if data_path:
+        path = Path(data_path).expanduser()
+        if path.is_dir() and not any((path / f"{split}{suffix}").is_file() for suffix in SUFFIXES):
+            snapshot = hub_data.split_files(path, split, name)  # e.g. full/test-00000-of-00001.parquet
+            if snapshot:
+                return hub_data.read_files(snapshot, task)
         return read_rows(local_file(data_path, split))
-    datasets = require("datasets")
-    try:
-        ds = datasets.load_dataset(hub_id, name, split=split)
-    except Exception as exc:  # offline, gated, renamed: say how to work around it
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot load {hub_id!r} ({split}) from the Hugging Face Hub: {first}; "
-                         f"download it and pass --set task.data_path=PATH") from None
-    return [dict(r) for r in ds]
+    require("datasets")
+    return hub_data.hub_rows(hub_id, split, task=task, config=name)

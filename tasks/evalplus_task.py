@@ -4,15 +4,24 @@ EvalPlus judges a program by calling it on every base and plus input and compari
 canonical solution's output (with EvalPlus's special oracles and float tolerances). The expected
 outputs are computed once per problem by running the canonical solution in the sandbox too, then
 cached under ``$DLLM_RL_CACHE/evalplus``. The comparison runs in the trusted harness; EvalPlus's own
-executor (``exec`` in a forked process behind a monkeypatched-builtins guard) is not used."""
+executor (``exec`` in a forked process behind a monkeypatched-builtins guard) is not used.
+
+Data: ``task.data_path``, else EvalPlus's own loader (its ``HUMANEVAL_OVERRIDE_PATH`` /
+``MBPP_OVERRIDE_PATH`` file, else its cache, else a download from its GitHub release). The download is
+tried only after a quick probe of the release URL, so that offline it is one line naming the fix."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from dllm_rl.errors import UsageError
+from dllm_rl.hub_data import unreachable
 from dllm_rl.results import atomic_write_text
 from dllm_rl.sandbox import Job, Limits, _wire
 from dllm_rl.task import Example
@@ -92,6 +101,56 @@ def inputs_of(example: dict) -> list:
 def time_limits(seconds: list[float], min_time: float, factor: float) -> list[float]:
     """EvalPlus's per-input budgets: max(min_time, factor * the canonical solution's time)."""
     return [max(min_time, factor * (s or 0.0)) for s in seconds]
+
+
+class Release(NamedTuple):
+    """Where EvalPlus's loader for one benchmark lives and what it reads."""
+
+    task: str
+    title: str
+    module: str
+    override: str
+    """The environment variable EvalPlus reads (when imported) for a local copy of the data file."""
+    version: str
+    """The loader module's constant naming the release version it downloads."""
+    name: str
+    loader: str
+
+
+RELEASES = {
+    "humaneval": Release(task="humaneval-plus", title="HumanEval+", module="evalplus.data.humaneval",
+                         override="HUMANEVAL_OVERRIDE_PATH", version="HUMANEVAL_PLUS_VERSION", name="HumanEvalPlus",
+                         loader="get_human_eval_plus"),
+    "mbpp": Release(task="mbpp-plus", title="MBPP+", module="evalplus.data.mbpp", override="MBPP_OVERRIDE_PATH",
+                    version="MBPP_PLUS_VERSION", name="MbppPlus", loader="get_mbpp_plus"),
+}
+"""Keyed by ``EvalPlusTask.dataset``."""
+
+
+@functools.lru_cache(maxsize=None)
+def _release_unreachable(url: str) -> str | None:
+    """Why EvalPlus's release URL cannot be reached (None: it can), probed once a process."""
+    return unreachable(url)
+
+
+def published_problems(dataset: str) -> dict[str, dict]:
+    """EvalPlus's problems from its own loader, or one line naming ``task.data_path`` and its override
+    variable when the data is neither local nor cached and the release cannot be downloaded (urllib would
+    otherwise print a traceback, or hang without a timeout)."""
+    r = RELEASES[dataset]
+    module = require(r.module)
+    url, cached = require("evalplus.data.utils").get_dataset_metadata(r.name, getattr(module, r.version), False)
+    fix = f"download {url} once and pass --set task.data_path=FILE (or set {r.override}=FILE)"
+    if not getattr(module, r.override) and not os.path.exists(cached):
+        reason = _release_unreachable(url)
+        if reason is not None:
+            raise UsageError(f"task {r.task!r} needs EvalPlus's {r.title} data, which is not in its cache ({cached}), "
+                             f"and its release cannot be downloaded ({reason}); {fix}")
+    try:
+        return getattr(module, r.loader)()
+    except OSError as exc:  # the download failed after all, or the override file is missing
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"task {r.task!r} cannot load EvalPlus's {r.title} data ({reason}); {fix}") from None
 
 
 @dataclass

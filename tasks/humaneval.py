@@ -17,7 +17,7 @@ from dllm_rl.task import Example, Prompt, check_style
 from .code_data import local_file, require
 from .code_extract import PYTHON_TAGS, complete_function, defines, extract_code, fenced_blocks, normalize
 from .code_task import CodeTask, CodeTaskConfig
-from .evalplus_task import EvalPlusConfig, EvalPlusTask
+from .evalplus_task import EvalPlusConfig, EvalPlusTask, published_problems
 
 INSTRUCTION = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
 
@@ -133,7 +133,7 @@ class HumanEvalPlus(EvalPlusTask):
                 rows = require("evalplus.data.utils").stream_jsonl(str(local_file(self.config.data_path)))
                 problems = {t["task_id"]: t for t in rows}
             else:
-                problems = require("evalplus.data").get_human_eval_plus()
+                problems = published_problems(self.dataset)
             self._examples = [{"id": tid, **p} for tid, p in sorted(problems.items(), key=lambda kv: _task_number(kv[0]))]
         return list(self._examples)
 

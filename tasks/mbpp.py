@@ -15,7 +15,7 @@ from dllm_rl.task import Example, Prompt, check_style
 from .code_data import load_rows, local_file, require
 from .code_extract import complete_function, extract_code, normalize
 from .code_task import CodeTask, CodeTaskConfig
-from .evalplus_task import EvalPlusConfig, EvalPlusTask
+from .evalplus_task import EvalPlusConfig, EvalPlusTask, published_problems
 from .humaneval import INSTRUCTION
 
 HUB_ID, HUB_CONFIG = "google-research-datasets/mbpp", "full"
@@ -25,7 +25,7 @@ DONE = "[DONE]"
 @dataclass
 class MBPPConfig(CodeTaskConfig):
     data_path: str | None = None
-    """A folder with train/validation/test/prompt files in the Hub's schema; None = the Hub."""
+    """A folder with train/validation/test/prompt files in the Hub's schema, or a hub snapshot; None = the Hub."""
     shots: int = 3
 
 
@@ -52,7 +52,7 @@ class MBPP(CodeTask):
 
     def _rows(self, split: str) -> list[Example]:
         if split not in self._cache:
-            rows = load_rows(HUB_ID, split, HUB_CONFIG, self.config.data_path)
+            rows = load_rows(HUB_ID, split, HUB_CONFIG, self.config.data_path, task="mbpp")
             self._cache[split] = [{"id": f"mbpp/{r['task_id']}", "task_id": r["task_id"], "text": r["text"],
                                    "code": r["code"], "test_list": list(r["test_list"]),
                                    "test_setup_code": r.get("test_setup_code") or ""} for r in rows]
@@ -121,7 +121,7 @@ class MBPPPlus(EvalPlusTask):
                     t["plus_input"] = mbpp.mbpp_deserialize_inputs(t["task_id"], t["plus_input"])
                     problems[t["task_id"]] = t
             else:
-                problems = require("evalplus.data").get_mbpp_plus()
+                problems = published_problems(self.dataset)
             order = sorted(problems.items(), key=lambda kv: int(kv[0].rsplit("/", 1)[-1]))
             self._examples = [{"id": tid, **p} for tid, p in order]
         return list(self._examples)

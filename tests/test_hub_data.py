@@ -65,3 +65,24 @@ def test_holdout_is_keyed_and_disjoint():
     assert holdout(10, 3, keyed_random(1, "x"))[1] != held or holdout(10, 3, keyed_random(2, "x"))[1] != held
     with pytest.raises(UsageError, match="validation_size"):
         holdout(2, 3, keyed_random(0))
+
+
+def test_a_server_that_answers_is_reachable_whatever_its_status():
+    """The probe asks whether anything answers (a 404 or 405 counts), not whether the path exists."""
+    import http.server
+    import socket
+    import threading
+
+    from dllm_rl.hub_data import unreachable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # 501 to everything
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert unreachable(f"http://127.0.0.1:{server.server_port}/anything", timeout=5) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert "refused" in unreachable(f"http://127.0.0.1:{port}/", timeout=5).lower()

@@ -76,3 +76,106 @@ def test_trace_task_gets_sudokus_paper_settings():
         assert params(algo, "sudoku-trace")["mu"] == params(algo, "sudoku")["mu"] == mu
     assert params("spg", "sudoku-trace")["eubo_beta"] == 1.0
     assert resolve_config("espo", "sudoku-trace", "tiny").pretrain.num_examples is None  # all traces, stopped early
+
+
+# -- entry-point plugins: descriptions, presets, names defined twice ---------------------------------
+
+PLUGIN_MODULE = '''
+from dllm_rl.task import Task
+
+
+class Mine(Task):
+    """My task, in one line.
+
+    More about it."""
+
+    presets = [{"set": {"pretrain.steps": 11}},
+               {"match": {"model": "llada"}, "set": {"pretrain.steps": 22}},
+               {"match": {"algorithm": ["espo", "wd1"]}, "set": {"optim.lr": 0.003}}]
+
+
+class Described(Task):
+    """Not this."""
+
+    description = "This one."
+
+
+class Bad(Task):
+    presets = [{"match": {"modle": "tiny"}, "set": {"optim.lr": 1.0}}]
+
+
+def load(run, task, progress):
+    """My model family."""
+
+
+load.presets = [{"match": {"task": "sudoku"}, "set": {"model.lora": True}}]
+'''
+
+
+def install(root, dist, entry_points, modules=None):
+    """What an installed distribution leaves on its path entry: metadata with entry points, and modules."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[dllm_rl.{kind}]\n" + "".join(f"{name} = {target}\n" for name, target in names.items())
+        for kind, names in entry_points.items()))
+    for name, text in (modules or {}).items():
+        (root / name).write_text(text)
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    """A package ``registry-test-plugin`` with tasks mine, described, bad and broken, and a model family mine."""
+    install(tmp_path, "registry-test-plugin",
+            {"tasks": {"mine": "registry_test_plugin:Mine", "described": "registry_test_plugin:Described",
+                       "bad": "registry_test_plugin:Bad", "broken": "registry_test_plugin:Missing"},
+             "models": {"mine": "registry_test_plugin:load"}},
+            {"registry_test_plugin.py": PLUGIN_MODULE})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_plugins_description_is_its_attribute_or_its_docstrings_first_line(plugins):
+    tasks = registry.entries("tasks")
+    assert tasks["mine"].source == "entry point (registry-test-plugin)" and tasks["mine"].description == ""
+    assert registry.describe(tasks["mine"]) == "My task, in one line."
+    assert registry.describe(tasks["described"]) == "This one."
+    assert registry.describe(tasks["broken"]).startswith("(cannot be loaded:")
+    assert registry.describe(tasks["sudoku"]) == tasks["sudoku"].description  # built-ins: registry.yaml's
+    assert registry.describe(registry.model("mine")) == "My model family."  # a function's docstring
+
+
+def test_plugin_presets_follow_the_builtin_ones_and_match_like_them(plugins):
+    builtin = registry.presets("tiny", "not-a-plugin", "espo")
+    ours = registry.presets("tiny", "mine", "espo")
+    assert ours == builtin + [{"pretrain.steps": 11}, {"optim.lr": 0.003}]  # later wins: the plugin's over built-ins
+    assert {"pretrain.steps": 11} in registry.presets("tiny", "mine", "spg")
+    assert {"optim.lr": 0.003} not in registry.presets("tiny", "mine", "spg")
+    # a model match fits the model's family too
+    assert registry.presets("llada-1.5", "mine", "spg", "llada")[-2:] == [{"pretrain.steps": 11}, {"pretrain.steps": 22}]
+    # a model family's presets: an attribute of its load function
+    assert registry.presets("mine", "sudoku", "spg")[-1] == {"model.lora": True}
+    assert {"model.lora": True} not in registry.presets("mine", "countdown", "spg")
+
+
+def test_malformed_plugin_presets_are_one_line_naming_the_plugin(plugins):
+    with pytest.raises(UsageError, match=r"task 'bad' \(entry point \(registry-test-plugin\)\): each preset must be"):
+        registry.presets("tiny", "bad", "espo")
+
+
+def test_a_name_defined_twice_is_an_error_naming_the_package(tmp_path, monkeypatch):
+    install(tmp_path / "a", "first-plugin", {"tasks": {"twice": "first:T"}, "algorithms": {"espo": "first:ESPO"}})
+    install(tmp_path / "b", "second-plugin", {"tasks": {"twice": "second:T"}})
+    install(tmp_path / "c", "first-plugin-again", {"tasks": {"twice": "first:T"}})  # the same target: no clash
+    for sub in "abc":
+        monkeypatch.syspath_prepend(str(tmp_path / sub))
+    with pytest.raises(UsageError) as err:
+        registry.get("algorithms", "espo")
+    assert str(err.value) == ("algorithm 'espo' is defined twice: built-in and an entry point of package 'first-plugin' "
+                              "(group dllm_rl.algorithms); rename that entry point or uninstall the package")
+    with pytest.raises(UsageError, match="task 'twice' is defined twice: entry point .* package 'second-plugin'"):
+        registry.get("tasks", "twice")
+    assert registry.entries("tasks")["twice"].duplicates == ["second-plugin"]  # one package twice on the path: no clash
+    assert registry.entries("tasks")["sudoku"].conflict() is None
+    assert registry.get("algorithms", "spg").builtin

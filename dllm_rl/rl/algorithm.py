@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,6 +41,12 @@ class Algorithm(abc.ABC):
     micro-batch of every iteration. ``loss`` returns this micro-batch's share of the full-batch loss."""
 
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    description: ClassVar[str] = ""
+    """One line for ``dllm-rl list`` (plugins); empty = the first line of the class's own docstring."""
+    presets: ClassVar[list[dict[str, Any]]] = []
+    """Settings a plugin brings when it is chosen, as registry.yaml's: ``[{"match": {"task": "sudoku"},
+    "set": {"algorithm.mu": 2}}]`` (``match`` optional). They override the built-in presets and are
+    overridden by a recipe and ``--set``; see docs/plugins.md."""
 
     def __init__(self, config: AlgorithmConfig | None = None, seed: int = 0):
         self.config = config if config is not None else self.Config()

@@ -19,6 +19,7 @@ def plugin_env(tmp_path_factory):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
     env["DLLM_RL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    env["OMP_NUM_THREADS"] = "1"  # tiny tensors: more threads only spin on a busy machine
     return env
 
 
@@ -32,6 +33,18 @@ def test_list_shows_entry_point_plugins(plugin_env, tmp_path):
     text = " ".join(out.stdout.split())
     assert "elbo-reinforce" in text and "reverse" in text
     assert "dllm-rl-example-plugin" in text  # the source column names the distribution
+    assert "REINFORCE on the sequence ELBO, no ratio, no KL (example plugin)" in text  # its description attribute
+    assert "Reverse a string of digits (example plugin task)" in text  # its docstring's first line
+    assert "warning" not in out.stderr
+
+
+def test_plugin_presets_apply_to_the_plugins_runs(plugin_env, monkeypatch):
+    from dllm_rl.pipeline import resolve_config
+
+    monkeypatch.syspath_prepend(plugin_env["PYTHONPATH"].split(os.pathsep)[0])
+    assert resolve_config("elbo-reinforce", "reverse", "tiny").pretrain.steps == 150
+    other_task = resolve_config("elbo-reinforce", "sudoku", "tiny").pretrain.steps  # reverse's preset stays its own
+    assert other_task == resolve_config("espo", "sudoku", "tiny").pretrain.steps != 150
 
 
 def test_run_uses_entry_point_plugins(plugin_env, tmp_path):
@@ -39,7 +52,8 @@ def test_run_uses_entry_point_plugins(plugin_env, tmp_path):
                    "--set", "optim.max_steps=2", "--set", "rollout.num_prompts=4", "--set", "rollout.group_size=2",
                    "--set", "eval.max_examples=8"], plugin_env, tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
-    result = json.loads((tmp_path / "results" / "tiny__reverse__elbo-reinforce__seed0.json").read_text())
+    [path] = tmp_path.rglob("tiny__reverse__elbo-reinforce__seed0.json")
+    result = json.loads(path.read_text())
     assert result["algorithm"] == "elbo-reinforce" and result["task"] == "reverse"
     assert result["training"]["steps"] == 2 and len(result["training"]["curve"]) == 2
     assert set(result["metrics"]) == {"8"} and result["metrics"]["8"]["n"] == 8
@@ -50,3 +64,27 @@ def test_unknown_plugin_name_is_one_line_exit_2(plugin_env, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "Did you mean 'reverse'" in out.stderr and "Traceback" not in out.stderr
+
+
+def install(root, dist, entry_points):
+    """The metadata an installed distribution leaves on its path entry: its name and entry points."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[dllm_rl.{kind}]\n" + "".join(f"{name} = {target}\n" for name, target in names.items())
+        for kind, names in entry_points.items()))
+
+
+def test_an_entry_point_reusing_a_builtin_name_is_a_warning_in_list_and_an_error_when_used(run_main, tmp_path,
+                                                                                           monkeypatch):
+    install(tmp_path, "clashing-plugin", {"tasks": {"sudoku": "clashing_plugin:Sudoku"}})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = run_main(["list"])
+    assert code == 0 and "sudoku" in out
+    assert err.strip().startswith("warning: task 'sudoku' is defined twice") and "'clashing-plugin'" in err
+    code, out, err = run_main(["run", "--task", "sudoku"])
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "error: task 'sudoku' is defined twice: built-in and an entry point of package 'clashing-plugin'" in err
+    code, _, _ = run_main(["config", "show", "--task", "countdown"])  # other names are unaffected
+    assert code == 0

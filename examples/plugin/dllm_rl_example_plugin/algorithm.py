@@ -13,6 +13,7 @@ class ELBOReinforceConfig(AlgorithmConfig):
 class ELBOReinforce(Algorithm):
     """loss = -mean_i A_i * ELBO(y_i) / L."""
 
+    description = "REINFORCE on the sequence ELBO, no ratio, no KL (example plugin)"
     Config = ELBOReinforceConfig
 
     def loss(self, adapter, batch, cache, iteration):

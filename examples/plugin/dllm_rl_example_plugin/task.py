@@ -13,7 +13,12 @@ class ReverseConfig(TaskConfig):
 
 
 class Reverse(Task):
+    """Reverse a string of digits (example plugin task); reward: fraction of digits in place."""
+
     Config = ReverseConfig
+    presets = [  # the tiny model's 1,500 default pretraining steps would solve it before RL starts
+        {"match": {"model": "tiny"}, "set": {"pretrain.steps": 150}},  # base: 48% of test strings (300 steps: 100%)
+    ]
 
     def examples(self, split):
         size = {"train": self.config.train_size}.get(split, self.config.test_size)

@@ -40,6 +40,7 @@ from .diffusion.likelihood import Sequences, elbo_terms
 from .diffusion.masking import keyed_generator
 from .diffusion.sampler import REMASKING, SamplerConfig, generate, left_pad
 from .errors import UsageError
+from .evaluation import eval_sampler
 from .models.adapter import ModelAdapter
 from .atomic import atomic_write_text
 
@@ -63,7 +64,9 @@ class LMEvalConfig:
     gen_length: int | None = None
     """Tokens generated per request; None = the request's ``max_gen_toks``, else ``default_gen_length``."""
     default_gen_length: int = 256
-    block_length: int = 32
+    block_length: int | None = None
+    """Semi-autoregressive block; None = the run's ``rollout.block_length`` (a model preset's: 256 for
+    Dream), as every evaluation of the toolkit decodes (``evaluation.eval_sampler``)."""
     tokens_per_step: int = 2
     """Denoising steps = L // tokens_per_step (at least one per block): 2 gives the protocol's L/2 steps."""
     remasking: str = "low_confidence"
@@ -83,7 +86,7 @@ class LMEvalConfig:
         if self.remasking not in REMASKING:
             raise ValueError(f"remasking must be one of {', '.join(REMASKING)}, got {self.remasking!r}")
         for name in ("batch_size", "default_gen_length", "block_length", "tokens_per_step", "mc_samples"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
 
@@ -141,11 +144,13 @@ def mc_stderr(draws: torch.Tensor) -> torch.Tensor:
 class DiffusionLM(LM):
     """An lm-eval ``LM`` over a toolkit ``ModelAdapter`` (any family: tiny, LLaDA, Dream, ...)."""
 
-    def __init__(self, adapter: ModelAdapter | None = None, config: LMEvalConfig | None = None, **model_args: Any):
+    def __init__(self, adapter: ModelAdapter | None = None, config: LMEvalConfig | None = None, run=None,
+                 **model_args: Any):
         """Wrap ``adapter``, or load the model family ``model`` for ``task`` (and ``recipe``,
         ``trust_remote_code``) by name; other keyword arguments are ``LMEvalConfig`` fields, as values
         or as command-line strings (``mc_samples=64`` or ``"64"``). ``device`` moves the model; a model
-        loaded by name goes to cuda when available, else cpu; a given adapter stays where it is."""
+        loaded by name goes to cuda when available, else cpu; a given adapter stays where it is.
+        ``run``: the run configuration a given adapter was loaded with (its evaluation decoding)."""
         super().__init__()
         load, settings = split_model_args(model_args)
         device = load.pop("device", None)
@@ -157,7 +162,8 @@ class DiffusionLM(LM):
             raise UsageError("give either a loaded adapter or model/task/recipe names, not both")
         target = None if adapter is not None and device is None else resolve_device(device)  # checked before loading
         if adapter is None:
-            adapter = _load_adapter(**load)
+            adapter, run = _load_adapter(**load)
+        self.run = run
         if target is not None:
             adapter.model.to(target)
         self.adapter = adapter
@@ -404,11 +410,15 @@ class DiffusionLM(LM):
         return cfg, [s for s in until if s]
 
     def sampler_config(self, gen_length: int, temperature: float, top_k: int | None, top_p: float | None) -> SamplerConfig:
-        """The one place the adapter builds its sampler settings: the request's length and sampling with
-        the adapter's blocks, remasking and L / tokens_per_step steps (at least one per block)."""
-        steps = max(gen_length // self.config.tokens_per_step, math.ceil(gen_length / self.config.block_length), 1)
-        return SamplerConfig(gen_length=gen_length, steps=steps, block_length=self.config.block_length,
-                             temperature=temperature, remasking=self.config.remasking, top_k=top_k, top_p=top_p)
+        """The one place the adapter builds its sampler settings: the toolkit's evaluation decoding
+        (``evaluation.eval_sampler`` of the run) with the request's length and sampling, and the
+        adapter's blocks, remasking and L / tokens_per_step steps (at least one per block) where set."""
+        base = eval_sampler(self.run, gen_length)
+        block = self.config.block_length or base.block_length
+        steps = None if self.config.tokens_per_step == 2 else \
+            max(gen_length // self.config.tokens_per_step, math.ceil(gen_length / block), 1)
+        return dataclasses.replace(base, steps=steps, block_length=block, temperature=temperature,
+                                   remasking=self.config.remasking, top_k=top_k, top_p=top_p)
 
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -469,11 +479,12 @@ def _mean_max(name: str, values: list[float]) -> dict[str, float | None]:
 
 
 def _load_adapter(model: str | None = None, task: str | None = None, recipe: str | None = None,
-                  trust_remote_code: bool = False) -> ModelAdapter:
+                  trust_remote_code: bool = False):
+    """(adapter, run config) of a model loaded by name."""
     from .pipeline import build_task, load_model, resolve_config
 
     run = resolve_config(None, task, model, recipe, ("model.trust_remote_code=true",) if trust_remote_code else ())
-    return load_model(run, build_task(run))
+    return load_model(run, build_task(run)), run
 
 
 # -- running lm-eval --------------------------------------------------------------------------------
@@ -585,7 +596,7 @@ class LMEvalRequest:
 
         from .results import result_filename
 
-        lm = DiffusionLM(adapter, **self.settings)
+        lm = DiffusionLM(adapter, run=run, **self.settings)
         try:
             results = run_lm_eval(lm, self.tasks, limit=self.limit, num_fewshot=self.num_fewshot, manager=self.manager)
         except OSError as exc:  # typically a task's data set: no network and no cached copy

@@ -132,11 +132,20 @@ def _damage(kind, folder):
     if kind == "missing file":
         (folder / "random_states_0.pkl").unlink()
         return "missing random_states_0.pkl"
+    if kind in ("mistyped step", "mistyped train state"):  # sealed by a valid manifest: only the reader can tell
+        state = json.loads((folder / ckpt.STATE_FILE).read_text())
+        if kind == "mistyped step":
+            state["step"] = "2"
+        else:
+            state["train_state"]["curve"] = 5
+        (folder / ckpt.STATE_FILE).write_text(json.dumps(state))
+        ckpt.write_manifest(folder)
+        return "fields of the wrong type" if kind == "mistyped step" else "train_state.curve: expected a list"
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["truncated weights", "no manifest", "flipped bytes", "damaged before sealing",
-                                  "missing file"])
+                                  "missing file", "mistyped step", "mistyped train state"])
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path, tiny, h, finished, kind):
     run_dir = _copy(finished, tmp_path, h)
     needle = _damage(kind, run_dir / "checkpoints" / "step-000002")
@@ -184,3 +193,56 @@ def test_config_changes_take_a_setting_the_checkpoint_predates_as_its_default():
     assert ckpt.config_changes(saved, {"seed": 0, "rollout": {"threshold": None, "prompt_cache": False}}) == []
     assert ckpt.config_changes(saved, {"seed": 0, "rollout": {"threshold": None, "prompt_cache": True}}) == [
         "rollout.prompt_cache: None in the checkpoint, True now"]
+
+
+def test_disk_full_mid_run_is_one_line_naming_the_intact_checkpoint(tmp_path, tiny, h, finished, monkeypatch):
+    """ENOSPC while the step-3 checkpoint is written: one line naming the folder and the intact step-2
+    checkpoint; no half-written folder; freeing space and --resume finishes the run."""
+    import errno
+
+    run_dir = _copy(finished, tmp_path, h)
+    real = ckpt.write_manifest
+
+    def full(folder):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+
+    monkeypatch.setattr(ckpt, "write_manifest", full)
+    args = ["run", *tiny, *h.FINISHED, "--set", "optim.max_steps=3", *h.dirs(tmp_path, "done")]
+    code, err = h.cli([*args, "--resume"])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "step-000003" in err and "no space left" in err and "step-000002" in err and "--resume" in err
+    assert [s for s, _ in ckpt.step_checkpoints(run_dir)] == [1, 2]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert ckpt.verify(run_dir / "checkpoints" / "step-000002")["step"] == 2
+
+    monkeypatch.setattr(ckpt, "write_manifest", real)  # space freed
+    code, err = h.cli([*args, "--resume"])
+    assert code == 0, err
+    assert h.result_of(tmp_path, "done")["training"]["steps"] == 3
+
+
+def test_disk_full_writing_the_results_file_names_the_saved_model(tmp_path, tiny, h, monkeypatch):
+    import errno
+
+    from dllm_rl import pipeline
+
+    def full(path, result):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_result", full)
+    code, err = h.cli(["run", *tiny, "--set", "eval.base=false", *h.dirs(tmp_path, "full")])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no space left" in err and "tiny__sudoku__espo__seed0.json" in err and "final" in err
+    assert (h.run_dir_of(tmp_path, "full") / "final" / "config.json").is_file()
+
+
+def test_too_little_space_for_one_checkpoint_fails_before_training(tmp_path, tiny, h, monkeypatch):
+    from collections import namedtuple
+
+    from dllm_rl import outputs
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    code, err = h.cli(["run", *tiny, *h.dirs(tmp_path, "small")])
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "needs about" in err and "free" in err
+    assert not (h.run_dir_of(tmp_path, "small") / "metrics.jsonl").exists()  # no step was spent

@@ -67,6 +67,22 @@ def test_two_processes_match_one_process(tmp_path, tiny, h):
     h.close(h.result_of(tmp_path, "one")["training"], h.result_of(tmp_path, "two")["training"])
 
 
+def test_skipped_rows_leave_the_logged_curve_independent_of_the_process_count(tmp_path, tiny, h):
+    """Positive-only advantages without a KL term: one process skips the rows with no loss term, two
+    processes run them in micro-batches of their own that do not count; every logged metric (the
+    ELBO included) averages over the same rows either way."""
+    from accelerate import debug_launcher
+
+    args = ["run", *tiny, "--set", "algorithm.beta=0", "--set", "algorithm.negative_weight=0", "--set", "eval.base=false",
+            "--set", "output.save_model=false"]
+    code, err = h.cli([*args, *h.dirs(tmp_path, "one")])
+    assert code == 0, err
+    debug_launcher(_child, args=([*args, *h.dirs(tmp_path, "two")],), num_processes=2)
+    one, two = h.result_of(tmp_path, "one")["training"]["curve"], h.result_of(tmp_path, "two")["training"]["curve"]
+    assert any(row["zero_var_frac"] > 0 or row["reward"] < 1 for row in one)  # some rows carry no gradient
+    h.close(one, two)
+
+
 def test_prompt_shards_cover_the_batch_once_and_need_equal_sizes():
     shards = [my_prompts(8, r, 4) for r in range(4)]
     assert shards[1] == [1, 5]

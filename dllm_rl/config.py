@@ -15,31 +15,9 @@ from typing import Any
 import yaml
 
 from .diffusion.sampler import REMASKING, DecodingConfig
+from .checks import at_least, in_unit_interval, positive
 from .errors import UsageError
-
-
-def at_least(obj: Any, minimum: float, *names: str) -> None:
-    """ValueError naming the first field of ``names`` below ``minimum`` (None = unset, allowed)."""
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and value < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, got {value}")
-
-
-def positive(obj: Any, *names: str) -> None:
-    """ValueError naming the first field of ``names`` that is not > 0."""
-    for name in names:
-        value = getattr(obj, name)
-        if value is not None and not value > 0:
-            raise ValueError(f"{name} must be greater than 0, got {value}")
-
-
-def in_unit_interval(obj: Any, *names: str) -> None:
-    """ValueError naming the first field of ``names`` outside [0, 1)."""
-    for name in names:
-        value = getattr(obj, name)
-        if not 0.0 <= value < 1.0:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
+from .models.tiny_config import PretrainConfig
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -90,37 +68,6 @@ class ModelConfig:
         at_least(self, 0, "mask_id")
         if self.prompt_style not in (None, "direct", "chat"):
             raise ValueError(f"prompt_style must be direct or chat (or null = the family's), got {self.prompt_style!r}")
-
-
-@dataclass
-class PretrainConfig:
-    """Supervised masked-diffusion pretraining of the built-in tiny model on a task's train split."""
-
-    steps: int = 1500
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 100
-    min_lr_ratio: float = 0.1
-    """Cosine decay after the warm-up ends at this fraction of ``lr`` (1.0 = constant, an un-annealed base)."""
-    weight_decay: float = 0.01
-    num_examples: int | None = None
-    """Train on only the first N train examples (a weaker base model leaves room for RL)."""
-    hidden_size: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 256
-    seed: int = 0
-
-    def __post_init__(self):
-        at_least(self, 1, "steps", "batch_size", "num_examples", "hidden_size", "num_layers", "num_heads",
-                 "intermediate_size")
-        at_least(self, 0, "warmup", "weight_decay")
-        positive(self, "lr")
-        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must split into num_heads ({self.num_heads}) heads "
-                             "of an even size (rotary embeddings)")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must be in [0, 1] (1 = constant after the warm-up), got {self.min_lr_ratio}")
 
 
 @dataclass
@@ -261,6 +208,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """The tiny family's base-model pretraining (``models.tiny_config``); other families ignore it."""
 
 
 # -- building dataclasses from plain data ---------------------------------------------------------

@@ -184,3 +184,13 @@ def test_config_differences_counts_a_missing_setting_as_its_default():
     full = to_dict(RunConfig())
     trimmed = {k: v for k, v in full.items() if k != "rollout"}
     assert config_differences(trimmed, full) == []
+
+
+def test_a_list_of_names_takes_one_name_alone():
+    """transformers' spelling ``report_to=tensorboard``: one name for a list of names."""
+    from dllm_rl.pipeline import resolve_config
+
+    assert resolve_config(sets=("output.report_to=tensorboard",)).output.report_to == ["tensorboard"]
+    assert resolve_config(sets=("output.report_to=[tensorboard]",)).output.report_to == ["tensorboard"]
+    with pytest.raises(UsageError, match="expected a list"):
+        resolve_config(sets=("output.report_to=3",))

@@ -181,3 +181,30 @@ def test_plot_lines_stay_distinct_beyond_the_ten_colours():
     styles = [line_style(i) for i in range(40)]
     assert len(set(styles)) == 40
     assert styles[0] == ("C0", "-") and styles[10] == ("C0", "--")
+
+
+def test_smoothing_labels_say_how_far_apart_the_averaged_points_are(tmp_path):
+    from dllm_rl.plots import smoothing_label
+
+    every_step = [fake("espo", 0, 0.5, rewards=(0.1, 0.2, 0.3, 0.4))]
+    assert smoothing_label(every_step, "reward", 1) == ""
+    assert smoothing_label(every_step, "reward", 3) == " (moving average of 3 points)"
+    r = fake("espo", 0, 0.5)
+    r["training"]["validation"] = [{"step": s, "metrics": {"24": {"accuracy": 0.1 * s / 10}}} for s in (10, 20, 30)]
+    assert smoothing_label([r], "val_accuracy", 2) == " (moving average of 2 points, 10 steps apart)"
+    spiky = [fake("espo", 0, 0.5, rewards=(1e-4, 1e-3, 5.0))]
+    written = plot_curves(spiky, tmp_path, "reward", log_scale=True)
+    assert [p.name for p in written] == ["reward_sudoku.png"] and written[0].stat().st_size > 5000
+
+
+def test_tidy_records_hold_mean_spread_and_n_per_row():
+    from dllm_rl.results import tidy
+
+    records = tidy([fake("espo", s, a) for s, a in enumerate([0.40, 0.50, 0.45])], "sem", study="s")
+    after = next(r for r in records if r["row"] == "after")
+    assert after["study"] == "s" and after["n"] == 3 and after["mean"] == pytest.approx(0.45)
+    assert after["sem"] == pytest.approx(statistics.stdev([0.40, 0.50, 0.45]) / math.sqrt(3))
+    delta = next(r for r in records if r["row"] == "delta")
+    assert delta["mean"] == pytest.approx(0.15) and delta["sem"] is None
+    base = next(r for r in records if r["row"] == "base")
+    assert base["algorithm"] == "(base)" and base["mean"] == pytest.approx(0.30)

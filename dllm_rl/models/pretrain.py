@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ..config import PretrainConfig
+from .tiny_config import PretrainConfig
 from ..diffusion.sampler import left_pad
 from ..task import Task
 from .adapter import ModelAdapter

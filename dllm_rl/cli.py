@@ -297,10 +297,10 @@ def compare(results_dir, studies, fmt, error, plots_dir, plot_metrics, smooth, l
         raise UsageError(f"--budget-seconds: the wall-clock budget must be positive, got {budget_seconds:g} s")
     if smooth < 1:
         raise UsageError(f"--smooth must be at least 1, got {smooth}")
+    from pathlib import Path
+
     skipped: list = []
     results = load_results(results_dir, skipped)
-    for line in skipped_lines(skipped):
-        click.echo(f"warning: {line}", err=True)
     groups = by_study(results)
     if studies:
         unknown = [s for s in studies if s not in groups]
@@ -308,6 +308,9 @@ def compare(results_dir, studies, fmt, error, plots_dir, plot_metrics, smooth, l
             raise UsageError(f"no study {unknown[0]!r} in {results_dir}; studies: {', '.join(g or '(top level)' for g in groups) or 'none'}")
         groups = {s: groups[s] for s in studies}
         results = [r for r in results if r["_experiment"] in groups]
+        skipped = [(p, why) for p, why in skipped if p.parent.relative_to(results_dir).as_posix().strip(".") in groups]
+    for line in skipped_lines(skipped):
+        click.echo(f"warning: {line}", err=True)
     if not results:
         raise UsageError(f"no results files found in {results_dir!r} (expected *.json written by `dllm-rl run`)")
     if fmt in ("csv", "json"):
@@ -323,7 +326,7 @@ def compare(results_dir, studies, fmt, error, plots_dir, plot_metrics, smooth, l
             click.echo(buf.getvalue(), nl=False)
     else:
         for i, (study, rs) in enumerate(groups.items()):
-            where = f"{results_dir}/{study}" if study else results_dir
+            where = str(Path(results_dir) / study) if study else results_dir
             if fmt == "markdown" and i:
                 click.echo("")
             _print_table(*leaderboard(rs, error=error), fmt, f"{where}: accuracy in %, mean ± {error} over n seeds",
@@ -476,9 +479,9 @@ def main(argv=None):
         cli.main(args=argv, prog_name="dllm-rl", standalone_mode=False)
     except UsageError as exc:
         report = lambda: err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        from .distributed import exit_launched, launcher_pid
+        from .distributed import exit_launched, launched
 
-        if launcher_pid() is not None:  # under `accelerate launch`: one line, not one per process plus its traceback
+        if launched():  # under `accelerate launch`: one line, not one per process plus the launcher's traceback
             exit_launched(2, report)
         report()
         sys.exit(2)

@@ -179,15 +179,24 @@ def exit_launched(code: int, report) -> None:
     import sys
     import time
 
-    launcher = launcher_pid()
     rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
     if rank == 0:
         report()
     sys.stderr.flush()
     sys.stdout.flush()
+    launcher = launcher_pid()  # None once local rank 0 has ended it (this process then belongs to init)
     if launcher is not None:
         if local_rank == 0:
             os.kill(launcher, signal.SIGKILL)
         else:
             time.sleep(5)  # local rank 0 ends the launcher before it could notice this exit
     os._exit(code)
+
+
+def launched() -> bool:
+    """Whether a launcher started this process: torchrun's / accelerate's elastic environment (set
+    for every rank, even after local rank 0 ended the launcher), or accelerate's one-process launcher
+    as the parent."""
+    import os
+
+    return "TORCHELASTIC_RUN_ID" in os.environ or launcher_pid() is not None

@@ -13,6 +13,9 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
+
+from .errors import OutputError
 
 STALE_SECONDS = 24 * 3600
 """Leftovers of another host's writer are removed only after this long (its pid cannot be checked)."""
@@ -76,7 +79,12 @@ def atomic_write_dir(path: str | Path, write) -> Path:
             if not _exchange(tmp, path):
                 aside = Path(tempfile.mkdtemp(dir=path.parent, prefix=_prefix(path)))
                 os.replace(path, aside / "old")
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(aside / "old", path)  # the old folder back in place before anything else
+                    shutil.rmtree(aside, ignore_errors=True)
+                    raise
                 tmp = aside
             shutil.rmtree(tmp, ignore_errors=True)  # now the old content
         else:
@@ -122,3 +130,69 @@ def clean_leftovers(folder: str | Path) -> list[Path]:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+WRITE_FAILURES = ("os error", "i/o error", "file write failed", "unexpected pos", "no space left", "file too large",
+                  "disk quota")
+"""How writers that do not raise OSError (safetensors, torch.save's zip writer) say a write failed."""
+
+
+def write_failure(exc: BaseException, path: Path) -> str | None:
+    """Why writing ``path`` failed, in words, if ``exc`` is a failed write (else None): disk full,
+    file size limit, read-only, permission, or another library's I/O error."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EFBIG:
+            return "file too large: the disk or a file-size limit is full"
+        return "no space left on the device" if exc.errno in NO_SPACE else (exc.strerror or str(exc))
+    if not isinstance(exc, Exception):
+        return None
+    text = str(exc).lower()
+    if not any(w in text for w in WRITE_FAILURES):
+        return None
+    if "os error 28" in text or "no space left" in text or _free_bytes(path) < 2**26:
+        return "no space left on the device"
+    if "os error 27" in text or "file too large" in text or _file_size_limited():
+        return "file too large: the disk or a file-size limit is full"
+    detail = str(exc).strip().splitlines()[0].split("]")[-1].strip(" .")[:120]  # torch: "[enforce fail at ...] . why"
+    return f"the write failed: {detail}"
+
+
+def _file_size_limited() -> bool:
+    """Whether this process runs under a file-size limit (``ulimit -f``)."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        return soft != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def _free_bytes(path: Path) -> int:
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists():
+            try:
+                return shutil.disk_usage(folder).free
+            except OSError:
+                return 2**62
+    return 2**62
+
+
+class reporting_write_errors:
+    """Turns a failed write of ``path`` (disk full, file size limit, read-only, permission; raised
+    by Python, safetensors or torch) into one line naming the path and, through ``after()``, what is
+    still intact and how to go on."""
+
+    def __init__(self, path: Path, after: Callable[[], str] | None = None):
+        self.path, self.after = path, after
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        why = None if exc is None or isinstance(exc, OutputError) else write_failure(exc, self.path)
+        if why is None:
+            return False
+        more = f"; {self.after()}" if self.after is not None else ""
+        raise OutputError(f"could not write {str(self.path)!r} ({why}){more}") from None

@@ -8,7 +8,6 @@ curve, validation, best) and, written last, ``manifest.json`` with every file's 
 ``CheckpointManager`` is what the trainer uses: save, verify and load, retention, resume."""
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, reporting_write_errors
 from .distributed import broadcast_from_main, collective_write_dir
 from .errors import OutputError, UsageError
 
@@ -182,9 +181,6 @@ def load_policy(model: torch.nn.Module, folder: Path) -> None:
 
 # -- the trainer's interface ------------------------------------------------------------------------
 
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
 class CheckpointManager:
     """Full-state checkpoints of one run folder for a trainer on accelerate: every process writes its
     share into one atomic folder (weights in our format, optimizer and RNG states by accelerate),
@@ -296,22 +292,5 @@ class CheckpointManager:
         return f"the last complete checkpoint is {str(found[-1][1])!r}: free space and rerun with --resume"
 
     def reporting_write_errors(self, path: Path):
+        """One line naming ``path`` and the intact checkpoint when a write there fails."""
         return reporting_write_errors(path, self.intact)
-
-
-class reporting_write_errors:
-    """Turns an OSError while writing ``path`` (disk full, read-only, permission) into one line naming
-    the path and, through ``after()``, what is still intact and how to go on."""
-
-    def __init__(self, path: Path, after: Callable[[], str] | None = None):
-        self.path, self.after = path, after
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is None or not issubclass(kind, OSError):
-            return False
-        why = "no space left on the device" if exc.errno in NO_SPACE else (exc.strerror or str(exc))
-        more = f"; {self.after()}" if self.after is not None else ""
-        raise OutputError(f"could not write {str(self.path)!r} ({why}){more}") from None

@@ -22,7 +22,7 @@ RUN_OPTIONS = [
     click.option("--seed", type=int, default=None, help="Run seed (sampling noise, masks, data order)."),
     click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe of settings."),
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting, e.g. optim.lr=1e-4 (repeatable)."),
-    click.option("--results-dir", default=None, help="Where the results JSON goes. Default: results/."),
+    click.option("--results-dir", default=None, help="Where the results JSON goes. Default: runs/results/."),
     click.option("--run-dir", default=None, help="Where checkpoints and metrics go. Default: runs/."),
     click.option("--trust-remote-code", is_flag=True, default=False,
                  help="Allow an hf: model to run Python code shipped with its checkpoint (off by default)."),
@@ -145,7 +145,7 @@ def train(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_rem
 @click.option("--lm-eval-include", multiple=True, type=click.Path(), metavar="PATH", help="Folder of extra lm-eval task YAML files (repeatable).")
 @click.option("--lm-eval-fewshot", type=int, default=None, metavar="K", help="Override the lm-eval tasks' few-shot count.")
 @click.option("--lm-eval-arg", "lm_eval_args", multiple=True, metavar="KEY=VALUE", help="lm-eval adapter setting, e.g. mc_samples=64 (repeatable).")
-@click.option("--lm-eval-output", default=None, type=click.Path(dir_okay=False), help="Results JSON. Default: <results_dir>/lm-eval/<model>__<tasks>.json.")
+@click.option("--lm-eval-output", default=None, type=click.Path(dir_okay=False), help="Results JSON. Default: <run_dir>/lm-eval/<model>__<tasks>.json (runs/lm-eval/).")
 def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, lengths, recipe, sets, lm_eval_tasks,
              lm_eval_limit, lm_eval_include, lm_eval_fewshot, lm_eval_args, lm_eval_output):
     """Score a model on a task under the task's declared protocol (or on lm-eval tasks with --lm-eval)."""
@@ -166,6 +166,20 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
         except ModuleNotFoundError as exc:
             raise UsageError(f"--lm-eval needs the lm-eval package ({exc}); install it with pip install 'dllm-rl[lm-eval]'") from None
         lm_eval = LMEvalRequest.parse(lm_eval_tasks, lm_eval_limit, lm_eval_include, lm_eval_fewshot, lm_eval_args, lm_eval_output)
+    try:
+        lens = [int(x) for x in lengths.split(",")] if lengths else None
+    except ValueError:
+        raise UsageError(f"bad --lengths {lengths!r}: expected comma-separated integers such as 128,256") from None
+    if lens is not None and (not lens or min(lens) < 1):
+        raise UsageError(f"bad --lengths {lengths!r}: generation lengths must be at least 1")
+    if lens is not None:
+        from .pipeline import check_against_task
+
+        run_cfg.eval.lengths = lens
+        check_against_task(run_cfg, task_obj)
+    split = split or run_cfg.eval.split
+    if split not in task_obj.splits:
+        raise UsageError(f"unknown split {split!r} for task {run_cfg.task.name!r}; valid: {', '.join(task_obj.splits)}")
     with _progress() as progress:
         adapter = load_model(run_cfg, task_obj, progress)
     if checkpoint:
@@ -173,13 +187,7 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
     if lm_eval is not None:
         lm_eval.run(adapter, run_cfg, console, checkpoint)
         return
-    try:
-        lens = [int(x) for x in lengths.split(",")] if lengths else (run_cfg.eval.lengths or list(task_obj.protocol(adapter.prompt_style).lengths))
-    except ValueError:
-        raise UsageError(f"bad --lengths {lengths!r}: expected comma-separated integers such as 128,256") from None
-    split = split or run_cfg.eval.split
-    if split not in task_obj.splits:
-        raise UsageError(f"unknown split {split!r} for task {run_cfg.task.name!r}; valid: {', '.join(task_obj.splits)}")
+    lens = lens or run_cfg.eval.lengths or list(task_obj.protocol(adapter.prompt_style).lengths)
     from .progress import RunProgress
 
     with _progress() as progress:
@@ -297,6 +305,9 @@ def compare(results_dir, studies, fmt, error, plots_dir, plot_metrics, smooth, l
         raise UsageError(f"--budget-seconds: the wall-clock budget must be positive, got {budget_seconds:g} s")
     if smooth < 1:
         raise UsageError(f"--smooth must be at least 1, got {smooth}")
+    if fmt in ("csv", "json") and (show_costs or budget_seconds is not None):
+        raise UsageError(f"--costs and --budget-seconds print tables of their own; use them with --format table or "
+                         f"markdown (--format {fmt} prints the leaderboard's records only)")
     from pathlib import Path
 
     skipped: list = []
@@ -332,18 +343,23 @@ def compare(results_dir, studies, fmt, error, plots_dir, plot_metrics, smooth, l
             _print_table(*leaderboard(rs, error=error), fmt, f"{where}: accuracy in %, mean ± {error} over n seeds",
                          f"{where}: accuracy in %, mean ± {error} over n seeds.")
     if show_costs:
-        from .results import costs
+        from .results import cost_problem, costs
+
+        for r in results:
+            why = cost_problem(r) if r.get("training") else None
+            if why:
+                click.echo(f"warning: --costs skipped {r['_path']!r}: {why}", err=True)
 
         if fmt == "markdown":
             click.echo("")
-        _print_table(*costs(results, error=error), "csv" if fmt == "json" else fmt,
+        _print_table(*costs(results, error=error), fmt,
                      f"training cost ({results_dir}); mean ± {error} over n seeds", f"Training cost, mean ± {error} over n seeds.")
     if budget_seconds is not None:
         from .results import at_budget
 
         if fmt == "markdown":
             click.echo("")
-        _print_table(*at_budget(results, budget_seconds, error=error), "csv" if fmt == "json" else fmt,
+        _print_table(*at_budget(results, budget_seconds, error=error), fmt,
                      f"equal wall-clock ({results_dir}); validation in %, mean ± {error} over n seeds",
                      f"Validation at equal wall-clock, in %, mean ± {error} over n seeds.")
     if plots_dir:
@@ -473,24 +489,28 @@ def pretrain(task, recipe, sets):
     console.print(f"tiny base checkpoint: {path}")
 
 
+def _fail(message: str) -> None:
+    """One line on stderr and exit code 2; under a launcher (``accelerate launch``) one line in all."""
+    from .distributed import exit_launched, launched
+
+    report = lambda: err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if launched():  # not one line per process followed by the launcher's own traceback
+        exit_launched(2, report)
+    report()
+    sys.exit(2)
+
+
 def main(argv=None):
     """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     try:
         cli.main(args=argv, prog_name="dllm-rl", standalone_mode=False)
     except UsageError as exc:
-        report = lambda: err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        from .distributed import exit_launched, launched
-
-        if launched():  # under `accelerate launch`: one line, not one per process plus the launcher's traceback
-            exit_launched(2, report)
-        report()
-        sys.exit(2)
+        _fail(str(exc))
     except click.exceptions.Abort:
         err_console.print("aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        err_console.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(exc.format_message())
 
 
 if __name__ == "__main__":

@@ -169,27 +169,58 @@ def launcher_pid() -> int | None:
     return ppid if accelerate or torchrun else None
 
 
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    import os
+
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == pid:
+                out.append(int(entry))
+    return out
+
+
 def exit_launched(code: int, report) -> None:
-    """End a launched process after bad input, so the user sees one line: ``report()`` prints it on
-    global rank 0 only; local rank 0 then ends its launcher at once (a launcher that sees a worker
-    exit non-zero prints its own ~40-line traceback, burying the line), the other ranks exit
-    quietly a moment later. The launcher's exit status is then non-zero (killed)."""
+    """End a launched process after bad input so that the user sees one line. The first process of
+    this launcher to get here (a lock file keyed by the launcher) prints it with ``report()`` and ends
+    its sibling processes and the launcher at once (a launcher that sees a worker exit non-zero
+    prints its own ~40-line traceback, burying the line; siblings left waiting at a collective would
+    hang); the others wait to be ended. The launcher's exit status is then non-zero (killed)."""
     import os
     import signal
     import sys
+    import tempfile
     import time
 
-    rank, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0))
-    if rank == 0:
+    launcher = launcher_pid()
+    lock = Path(tempfile.gettempdir()) / f"dllm-rl-error-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}-{launcher or os.getppid()}"
+    try:
+        if lock.exists() and time.time() - lock.stat().st_mtime > 120:  # a stale lock of an earlier launcher
+            lock.unlink(missing_ok=True)
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        first = True
+    except FileExistsError:
+        first = False
+    except OSError:
+        first = int(os.environ.get("RANK", 0)) == 0
+    if first:
         report()
-    sys.stderr.flush()
-    sys.stdout.flush()
-    launcher = launcher_pid()  # None once local rank 0 has ended it (this process then belongs to init)
-    if launcher is not None:
-        if local_rank == 0:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        if launcher is not None:
+            for pid in _children(launcher):
+                if pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
             os.kill(launcher, signal.SIGKILL)
-        else:
-            time.sleep(5)  # local rank 0 ends the launcher before it could notice this exit
+        lock.unlink(missing_ok=True)
+    elif launcher is not None:
+        time.sleep(30)  # the first process ends this one; a fallback exit if it cannot
     os._exit(code)
 
 
@@ -200,3 +231,20 @@ def launched() -> bool:
     import os
 
     return "TORCHELASTIC_RUN_ID" in os.environ or launcher_pid() is not None
+
+
+def checked_on_main(state, check: Callable[[], Any]) -> None:
+    """Run ``check`` (a check or a write) on the main process only, and raise its UsageError on every
+    process: no process is left waiting at a barrier for one that failed."""
+    problem = None
+    if state.is_main_process:
+        try:
+            check()
+        except UsageError as exc:
+            problem = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        problem = broadcast_object_list([problem])[0]
+    if problem:
+        raise UsageError(problem)

@@ -606,7 +606,7 @@ class LMEvalRequest:
         output = self.output
         if output is None:
             stem = result_filename(run.model.name, "+".join(Path(t).stem for t in self.tasks), "lm-eval", run.seed)
-            output = str(Path(run.output.results_dir) / "lm-eval" / stem)
+            output = str(Path(run.output.run_dir) / "lm-eval" / stem)  # not beside results files: another schema
         path = write_lm_eval_results(output, results, model=run.model.name, base_task=run.task.name,
                                      checkpoint=checkpoint, tasks=self.tasks, limit=self.limit,
                                      num_fewshot=self.num_fewshot, adapter_config=dataclasses.asdict(lm.config))

@@ -13,6 +13,7 @@ import torch
 
 from . import __version__, registry
 from .config import RunConfig, from_dict, load_yaml, merge, parse_override, set_path, to_dict
+from .distributed import checked_on_main
 from .errors import UsageError
 from .evaluation import decoding_record
 from .models.adapter import ModelAdapter
@@ -55,10 +56,53 @@ def resolve_config(algo: str | None = None, task: str | None = None, model: str 
         set_path(data, key, value)
     run = from_dict(RunConfig, data)
     task_obj, _ = build_task(run), build_algorithm(run)  # validate plugin params now, not after pretraining
+    check_against_task(run, task_obj)
     if user_data:  # named by content (data:NAME@HASH): results files, compare columns, the tiny model's cache
         run.task.params = {"path": task_obj.source, **run.task.params}
         run.task.name = task_obj.name
     return run
+
+
+def require_train_examples(task: Task, name: str) -> None:
+    """One line before any model loads when training (or the tiny model's pretraining) would find no
+    training examples; a task may say why in ``no_train_hint``."""
+    if not task.examples("train"):
+        hint = getattr(task, "no_train_hint", "")
+        raise UsageError(f"task {name!r} has no training examples" + (f" ({hint})" if hint else ""))
+
+
+def check_against_task(run: RunConfig, task: Task) -> None:
+    """Settings that only the task can judge, checked before any work: the splits named exist, and
+    at the generation lengths (eval.lengths and rollout.gen_length, else the task's protocol for a
+    prompt style) the decoding has at least one step per block (evaluation: L/2 greedy steps)."""
+    e, r = run.eval, run.rollout
+    for key, split in (("eval.split", e.split), ("eval.val_split", e.val_split if e.every else None)):
+        if split is not None and split not in task.splits:
+            raise UsageError(f"{key} {split!r} is not a split of task {run.task.name!r}; valid: {', '.join(task.splits)}")
+    problems = []
+    for style in ("direct", "chat"):  # the model's prompt style is known only once it loads: fail if every style fails
+        try:
+            lengths = list(task.protocol(style).lengths)
+        except Exception:  # a task may support one style only
+            continue
+        problems.append(_decoding_problem(run, e.lengths or lengths, r.gen_length or lengths[0]))
+    if problems and all(problems):
+        raise UsageError(problems[0])
+
+
+def _decoding_problem(run: RunConfig, eval_lengths: list[int], rollout_length: int) -> str | None:
+    """Why evaluation (L/2 greedy steps) or rollouts cannot decode these lengths in the run's blocks."""
+    r = run.rollout
+    for length in eval_lengths:
+        blocks = -(-length // r.block_length)
+        if max(1, length // 2) < blocks:
+            return (f"rollout.block_length={r.block_length} is too short to evaluate at L={length}: its L/2 = "
+                    f"{length // 2} greedy steps cannot cover {blocks} blocks; use blocks of at least 2 tokens")
+    steps, blocks = r.steps or max(1, rollout_length // 2), -(-rollout_length // r.block_length)
+    if (r.threshold is None or r.steps is not None) and steps < blocks:
+        return (f"rollout: {steps} denoising steps cannot cover the {blocks} blocks of gen_length {rollout_length} / "
+                f"block_length {r.block_length}; raise rollout.steps or rollout.block_length")
+    return None
 
 
 def _plugin_config(cls, params: dict[str, Any], where: str):
@@ -124,9 +168,7 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
     path = results_dir / f"{run_name}.json"
     if resume:
         ckpt.latest(run_dir)  # nothing to resume: one line before any folder is made or model loaded
-    if procs.is_main_process:
-        check_outputs(results_dir, path, run_dir)
-    procs.wait_for_everyone()
+    checked_on_main(procs, lambda: check_outputs(results_dir, path, run_dir))
     if progress is None or isinstance(progress, bool):
         progress = RunProgress(enabled=progress is not False and procs.is_main_process)
     elif not isinstance(progress, RunProgress):
@@ -137,12 +179,14 @@ def run_pipeline(run: RunConfig, progress=None, on_step=None, train: bool = True
 
 def _run(run: RunConfig, procs, run_dir: Path, path: Path, progress, on_step, train: bool, final_eval: bool,
          resume: bool) -> dict[str, Any]:
-    from .checkpoint import reporting_write_errors
+    from .atomic import reporting_write_errors
     from .outputs import check_space, checkpoint_bytes
     from .runlog import provenance, write_run_info
     from .trainer import Trainer
 
     task, algorithm = build_task(run), build_algorithm(run)
+    if train:
+        require_train_examples(task, run.task.name)
     timing: dict[str, Any] = {}
     t0 = time.perf_counter()
     with procs.main_process_first():  # a family that builds and caches its base model does it once
@@ -151,19 +195,26 @@ def _run(run: RunConfig, procs, run_dir: Path, path: Path, progress, on_step, tr
     gen_length = gen_length_of(run, task, style)
     protocol = task.protocol(style)
     lengths = run.eval.lengths or list(protocol.lengths)
+    problem = _decoding_problem(run, lengths, gen_length)  # now for the model's own prompt style
+    if problem:
+        raise UsageError(problem)
     timing["model_s"] = round(time.perf_counter() - t0, 2)
     e = run.eval
-    if train and procs.is_main_process:
+    if train:
         checkpoints = bool(run.output.checkpoint_every) or (e.select == "best" and bool(e.every))
-        check_space(run_dir, checkpoint_bytes(adapter.model, checkpoints, run.output.save_model),
-                    "one checkpoint" + (" and the final model" if run.output.save_model else ""))
+        needed = checkpoint_bytes(adapter.model, checkpoints, run.output.save_model)
+        checked_on_main(procs, lambda: check_space(run_dir, needed, "one checkpoint" + (
+            " and the final model" if run.output.save_model else "")))
     trainer = Trainer(run, adapter, task, algorithm, gen_length, run_dir=run_dir, on_step=on_step, progress=progress)
     resumed_from = trainer.start(resume)
-    if procs.is_main_process:
+    info = {"num_processes": procs.num_processes, "distributed_type": str(procs.distributed_type),
+            "resumed_from": None if resumed_from is None else str(resumed_from)}
+
+    def run_info() -> None:
         with reporting_write_errors(run_dir):
-            write_run_info(run_dir, to_dict(run), {"num_processes": procs.num_processes,
-                                                   "distributed_type": str(procs.distributed_type),
-                                                   "resumed_from": None if resumed_from is None else str(resumed_from)})
+            write_run_info(run_dir, to_dict(run), info)
+
+    checked_on_main(procs, run_info)
     base = None
     if e.base:
         t = time.perf_counter()
@@ -211,12 +262,14 @@ def _run(run: RunConfig, procs, run_dir: Path, path: Path, progress, on_step, tr
             "best_validation": state.best, "evaluated_weights": evaluated},
         "timing": timing,
     }
-    if procs.is_main_process:
-        final = run_dir / "final" if train and run.output.save_model else None
+    final = run_dir / "final" if train and run.output.save_model else None
+
+    def results_file() -> None:
         with reporting_write_errors(path, lambda: f"the trained model is in {str(final)!r}" if final else
                                     "rerun with --resume to continue from the last checkpoint"):
             write_result(path, result)
-    procs.wait_for_everyone()
+
+    checked_on_main(procs, results_file)  # also the barrier: every process returns once the file is written
     result["_path"] = str(path)
     return result
 
@@ -239,8 +292,12 @@ def _base_metrics(trainer, run_dir: Path, split: str, lengths: list[int], reuse:
         except (OSError, ValueError, KeyError, TypeError):
             pass
     metrics = trainer.evaluate(split, lengths, base=True, phase=f"base model evaluation ({split})")
-    if trainer.is_main:
-        atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+
+    def save() -> None:
+        with trainer.checkpoints.reporting_write_errors(path):
+            atomic_write_text(path, json.dumps({"key": key, "metrics": metrics}, indent=1) + "\n")
+
+    checked_on_main(trainer.accelerator, save)
     return metrics
 
 

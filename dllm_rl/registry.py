@@ -55,8 +55,9 @@ class Entry:
             obj = importlib.import_module(module)
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except (ImportError, AttributeError) as exc:
-            raise UsageError(f"{self.kind[:-1]} {self.name!r} ({self.source}) cannot be loaded from {self.target!r}: {exc}") from None
+        except Exception as exc:  # a plugin's import may fail in any way (syntax, a missing name, its own checks)
+            why = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+            raise UsageError(f"{self.kind[:-1]} {self.name!r} ({self.source}) cannot be loaded from {self.target!r}: {why}") from None
         return obj
 
 

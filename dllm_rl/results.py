@@ -80,8 +80,24 @@ def malformed(result: dict[str, Any]) -> str | None:
         if block is not None and any(not str(k).isdigit() for k in block):
             return f"field {key!r} has a length that is not an integer"
     training = result.get("training")
-    if training is not None and not isinstance(training, dict):
-        return "field 'training' is not a mapping"
+    if training is not None:
+        if not isinstance(training, dict):
+            return "field 'training' is not a mapping"
+        for key in ("curve", "validation"):
+            points = training.get(key) or []
+            if not isinstance(points, list) or not all(isinstance(p, dict) and isinstance(p.get("step"), int) for p in points):
+                return f"field 'training.{key}' is not a list of points with an integer step"
+    return None
+
+
+def cost_problem(result: dict[str, Any]) -> str | None:
+    """What a results file with training lacks for ``costs`` (steps, batch, length, NFE, train time)."""
+    training, timing = result.get("training") or {}, result.get("timing")
+    for key, kind in (("steps", int), ("rollouts_per_step", int), ("gen_length", int), ("rollout_nfe_per_sample", (int, float))):
+        if not isinstance(training.get(key), kind):
+            return f"field 'training.{key}' missing or of the wrong type"
+    if not isinstance(timing, dict) or not isinstance(timing.get("train_s"), (int, float)):
+        return "field 'timing.train_s' missing"
     return None
 
 
@@ -236,7 +252,7 @@ def costs(results: list[dict[str, Any]], error: str = "std", last: int = 10) -> 
     """What each model + algorithm (+ label) spent per task, for comparisons at equal budgets: RL steps,
     rollouts per step, training minutes, seconds per step, rollout NFE per sample (and its ratio to
     the fixed L/2-step schedule), and the mean training reward over the last ``last`` steps."""
-    trained = [r for r in results if r.get("training")]
+    trained = [r for r in results if r.get("training") and cost_problem(r) is None]  # the CLI names the others
     if not trained:
         raise UsageError("no results file records training (runs of `dllm-rl run` do)")
     spread([], error)

@@ -21,8 +21,8 @@ from . import checkpoint as ckpt
 from .config import RunConfig, from_dict, to_dict
 from .diffusion.masking import keyed_generator
 from .diffusion.sampler import SamplerConfig, generate, left_pad
-from .distributed import (TaskShard, combine_eval, configure_deepspeed, gather_objects, gather_rows, my_prompts, reduce_metrics,
-                          shard_batch_size, sum_int)
+from .distributed import (TaskShard, checked_on_main, combine_eval, configure_deepspeed, gather_objects, gather_rows,
+                          my_prompts, reduce_metrics, shard_batch_size, sum_int)
 from .errors import UsageError
 from .evaluation import evaluate
 from .models.adapter import ModelAdapter
@@ -344,9 +344,11 @@ class Trainer:
         metrics_log = completions_log = None
         if self.run_dir is not None and self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            metrics_log = StepLog(self.run_dir / "metrics.jsonl", resumed)
+            with self.checkpoints.reporting_write_errors(self.run_dir / "metrics.jsonl"):
+                metrics_log = StepLog(self.run_dir / "metrics.jsonl", resumed)
             if self.run.output.completions != "none":
-                completions_log = StepLog(self.run_dir / f"completions.{self.run.output.completions}", resumed)
+                with self.checkpoints.reporting_write_errors(self.run_dir / "completions"):
+                    completions_log = StepLog(self.run_dir / f"completions.{self.run.output.completions}", resumed)
         bar = None
         if self.progress is not None:
             bar = self.progress.bar("RL training", self.run.optim.max_steps)
@@ -369,7 +371,8 @@ class Trainer:
                 if self.run.eval.every and (step + 1) % self.run.eval.every == 0:
                     m["val"] = self._validate_and_keep_best(step + 1)
                 if metrics_log is not None:
-                    metrics_log.write({**m, "seconds": seconds, "rollout_seconds": rollout_s})
+                    with self.checkpoints.reporting_write_errors(metrics_log.path):
+                        metrics_log.write({**m, "seconds": seconds, "rollout_seconds": rollout_s})
                 self.accelerator.log(scalars({**m, "seconds": seconds}), step=step)
                 if every and self.run_dir is not None and (step + 1) % every == 0:
                     self.checkpoints.save_step(self._checkpoint_state())
@@ -415,7 +418,8 @@ class Trainer:
         records = gather_objects(self.accelerator, records)
         if log is not None:
             for rec in sorted(records, key=lambda r: r["prompt_index"]):
-                log.write(rec)
+                with self.checkpoints.reporting_write_errors(log.path):
+                    log.write(rec)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -459,10 +463,11 @@ class Trainer:
             if hasattr(self.adapter.tokenizer, "save_pretrained"):
                 self.adapter.tokenizer.save_pretrained(tmp)
 
-        if self.is_main:
+        def export() -> None:
             with self._scored_weights(), self.checkpoints.reporting_write_errors(path):
                 atomic_write_dir(path, write)
-        self.accelerator.wait_for_everyone()
+
+        checked_on_main(self.accelerator, export)  # every process learns of a failed write, none waits
 
     def finish(self) -> None:
         """Close trackers."""

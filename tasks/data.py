@@ -123,6 +123,10 @@ def _load_spec(path: Path) -> dict[str, Any]:
         raise UsageError(f"data spec {str(path)!r} does not exist") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"data spec {str(path)!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"data spec {str(path)!r} is not text (not UTF-8); a spec is a YAML mapping of task settings") from None
+    except OSError as exc:
+        raise UsageError(f"data spec {str(path)!r} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(spec, dict) or not spec.get("path"):
         raise UsageError(f"data spec {str(path)!r} must be a mapping of task settings naming the data (path: FILE)")
     valid = [f.name for f in dataclasses.fields(DataConfig) if f.init and f.name != "spec"]
@@ -291,6 +295,14 @@ class DataTask(Task):
             if getattr(c, key) is not None:
                 self._check_template(key, getattr(c, key))
         c.reward_functions = [{**r.record(), "weight": w} for r, w in self._rewards]
+        self.no_train_hint = ""  # why train is empty, for the one line a training run or the tiny model gives
+        if not self._examples["train"] and sources.get("pool"):
+            self.no_train_hint = (f"its {len(sources['pool'])} rows leave none after the test and validation fractions; "
+                                  "add rows, or lower task.test_fraction and task.validation_fraction")
+        elif not self._examples["train"]:
+            files = ", ".join(sorted(str(p) for fs in [*found.values(), pool] for p in fs)) or "none"
+            self.no_train_hint = (f"files read: {files}; name the training file train.jsonl (or .json/.csv/.parquet), "
+                                  "or pass one file to split by test_fraction and validation_fraction")
         c.metric_function = self._metric.record()
         # The run's name in results, compare columns and the tiny model's cache: data:NAME@HASH of what is evaluated.
         self.name = f"data:{self._short_name()}@{self._fingerprint()[:8]}"

@@ -179,3 +179,16 @@ def test_a_name_defined_twice_is_an_error_naming_the_package(tmp_path, monkeypat
     assert registry.entries("tasks")["twice"].duplicates == ["second-plugin"]  # one package twice on the path: no clash
     assert registry.entries("tasks")["sudoku"].conflict() is None
     assert registry.get("algorithms", "spg").builtin
+
+
+def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, monkeypatch):
+    """Any exception while importing a plugin (not only ImportError) is a UsageError naming it."""
+    from dllm_rl.errors import UsageError
+    from dllm_rl.registry import Entry
+
+    (tmp_path / "broken_plugin_mod.py").write_text("raise RuntimeError('needs a GPU at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    entry = Entry("broken", "tasks", "broken_plugin_mod:Task", "entry point (broken-pkg)")
+    with pytest.raises(UsageError, match=r"task 'broken' \(entry point \(broken-pkg\)\) cannot be loaded .*"
+                                         r"RuntimeError: needs a GPU at import"):
+        entry.load()

@@ -65,7 +65,9 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
 
 def prepare(run: RunConfig, task: Task, progress=None) -> Path:
     """The family's cache hook (``dllm-rl sweep`` calls it before parallel workers): the base checkpoint."""
-    from ..pipeline import gen_length_of
+    from ..pipeline import gen_length_of, require_train_examples
+
+    require_train_examples(task, run.task.name)  # the base model pretrains on them
 
     return base_checkpoint(run, task, gen_length_of(run, task, "direct"), progress)
 

@@ -76,13 +76,22 @@ def negative_temperature(tmp_path):
     return ["--set", "rollout.temperature=-1"], "temperature must be >= 0"
 
 
+def blocks_too_short_for_evaluation(tmp_path):
+    return ["--set", "rollout.block_length=1"], "too short to evaluate at L=24"
+
+
+def unknown_split(tmp_path):
+    return ["--set", "eval.split=tset"], "eval.split 'tset' is not a split"
+
+
 def unknown_tracker(tmp_path):
     return ["--set", "output.report_to=tensorbored"], "unknown tracker"
 
 
 @pytest.mark.parametrize("case", [run_dir_is_a_file, checkpoints_is_a_file, final_is_a_file, metrics_log_is_a_folder,
                                   results_file_is_a_folder, results_dir_is_a_file, binary_recipe, recipe_not_a_mapping,
-                                  resume_without_a_run, no_training_steps, negative_temperature],
+                                  resume_without_a_run, no_training_steps, negative_temperature,
+                                  blocks_too_short_for_evaluation, unknown_split],
                          ids=lambda c: c.__name__)
 def test_bad_run_input_is_one_line_before_any_work(case, tmp_path, monkeypatch, run_main):
     monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path / "cache"))
@@ -100,6 +109,16 @@ def test_unknown_tracker_is_one_line(tmp_path, run_main):
     extra, needle = unknown_tracker(tmp_path)
     code, _, err = run_main(["run", *TINY, *extra, "--results-dir", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs")])
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, needle", [(["--lengths", "0"], "at least 1"), (["--lengths=-3"], "at least 1"),
+                                          (["--lengths", "a,b"], "comma-separated integers"),
+                                          (["--split", "nope"], "unknown split 'nope'")])
+def test_evaluate_options_are_checked_before_the_model_loads(tmp_path, monkeypatch, run_main, args, needle):
+    monkeypatch.setenv("DLLM_RL_CACHE", str(tmp_path / "cache"))
+    code, _, err = run_main(["evaluate", *TINY, *args])
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "cache").exists()
 
 
 def test_evaluate_checkpoint_that_is_not_a_model_folder(tmp_path, run_main):
@@ -135,6 +154,7 @@ def _result(seed=0, **changes):
     ("cut.json", json.dumps(_result())[:40].encode(), "not valid JSON"),
     ("no-protocol.json", json.dumps({k: v for k, v in _result().items() if k != "protocol"}).encode(), "'protocol'"),
     ("bad-metrics.json", json.dumps(_result(metrics={"24": {"accuracy": "high"}})).encode(), "'metrics'"),
+    ("bad-curve.json", json.dumps(_result(training={"steps": 2, "curve": [{"reward": 0.5}]})).encode(), "'training.curve'"),
 ])
 def test_compare_names_each_damaged_file_and_exits_2_only_when_nothing_is_read(tmp_path, run_main, name, content, why):
     (tmp_path / name).write_bytes(content)
@@ -147,6 +167,23 @@ def test_compare_names_each_damaged_file_and_exits_2_only_when_nothing_is_read(t
     assert code == 0 and "espo" in out
     lines = err.strip().splitlines()
     assert len(lines) == 2 and name in lines[0] and why in lines[0] and "other.json" in lines[1]
+
+
+def test_compare_costs_name_runs_without_training_costs(tmp_path, run_main):
+    (tmp_path / "good.json").write_text(json.dumps(_result(
+        training={"steps": 2, "curve": [{"step": 0, "reward": 0.5}], "rollouts_per_step": 8, "gen_length": 24,
+                  "rollout_nfe_per_sample": 12.0}, timing={"train_s": 6.0})))
+    (tmp_path / "no-timing.json").write_text(json.dumps(_result(seed=1, training={"steps": 2, "curve": []})))
+    code, out, err = run_main(["compare", str(tmp_path), "--costs"])
+    assert code == 0 and "training cost" in out
+    assert len(err.strip().splitlines()) == 1 and "no-timing.json" in err and "'training.rollouts_per_step'" in err
+
+
+def test_compare_tables_of_their_own_are_refused_with_tidy_formats(tmp_path, run_main):
+    (tmp_path / "good.json").write_text(json.dumps(_result()))
+    for fmt in ("csv", "json"):
+        code, out, err = run_main(["compare", str(tmp_path), "--format", fmt, "--costs"])
+        assert code == 2 and "--format table or markdown" in err and not out
 
 
 def test_compare_on_a_file_says_it_is_a_file(tmp_path, run_main):

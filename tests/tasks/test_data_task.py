@@ -3,6 +3,7 @@ built-in reward on tricky inputs, user rewards by import path, one-line errors, 
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,22 @@ def test_resolve_config_names_the_run_by_content_before_any_model_loads(tmp_path
     one_line_error(lambda: resolve_config("espo", f"data:{ADDITION}", "tiny", sets=("task.rewards=[nope_reward]",)),
                    "unknown reward 'nope_reward'")
     one_line_error(lambda: resolve_config("espo", "data", "tiny"), "--task data:PATH")
+
+
+def test_no_training_examples_and_unreadable_specs_are_one_line(tmp_path):
+    """A binary spec is one line when the task is built; a folder with only a test file, or a file too
+    small to split, builds (evaluation needs no train split) but training or the tiny model's
+    pretraining stops with one line saying why, before any model loads."""
+    from dllm_rl.pipeline import build_task, require_train_examples, resolve_config
+
+    rows = "".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(10))
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "test.jsonl").write_text(rows)
+    (tmp_path / "two.jsonl").write_text("".join(rows.splitlines(keepends=True)[:2]))
+    (tmp_path / "spec.yaml").write_bytes(b"\x00\xff\xfe")
+    with pytest.raises(UsageError, match="is not text"):
+        resolve_config("espo", f"data:{tmp_path / 'spec.yaml'}", "tiny")
+    for name, needle in [("only", "has no training examples (files read"), ("two.jsonl", "its 2 rows leave none")]:
+        run = resolve_config("espo", f"data:{tmp_path / name}", "tiny")  # evaluation alone needs no train split
+        with pytest.raises(UsageError, match=re.escape(needle)):
+            require_train_examples(build_task(run), run.task.name)  # a training run, or the tiny model's pretraining

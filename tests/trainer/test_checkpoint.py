@@ -246,3 +246,34 @@ def test_too_little_space_for_one_checkpoint_fails_before_training(tmp_path, tin
     code, err = h.cli(["run", *tiny, *h.dirs(tmp_path, "small")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "needs about" in err and "free" in err
     assert not (h.run_dir_of(tmp_path, "small") / "metrics.jsonl").exists()  # no step was spent
+
+
+@pytest.mark.parametrize("victim", ["optimizer.bin", "model.safetensors"])
+def test_a_real_file_size_limit_mid_checkpoint_is_one_line(tmp_path, tiny, h, finished, victim, tmp_path_factory):
+    """Not a mock: the run is a process whose file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored) lets the
+    small files through but not the checkpoint's ``victim``, so torch.save (optimizer) or safetensors
+    (weights) fails with its own error type; still one line naming the folder, exit 2."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    sizes = {p.name: p.stat().st_size for p in (finished / "runs" / h.RUN / "checkpoints" / "step-000001").iterdir()}
+    small = max(size for name, size in sizes.items() if size < sizes["model.safetensors"])
+    limit = (sizes["model.safetensors"] + sizes["optimizer.bin"]) // 2 if victim == "optimizer.bin" else \
+        (small + sizes["model.safetensors"]) // 2
+    assert sizes["optimizer.bin"] > sizes["model.safetensors"] > small
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "DLLM_RL_CACHE": str(tmp_path_factory.getbasetemp() / "dllm_rl_cache")}
+    proc = subprocess.run([sys.executable, "-m", "dllm_rl.cli", "run", *tiny, *h.FINISHED, *h.dirs(tmp_path, "limited")],
+                          capture_output=True, text=True, env=env, preexec_fn=limited, timeout=600)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, err[-3000:]
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "step-000001" in err and "file too large" in err and "no step checkpoint was written yet" in err
+    run_dir = h.run_dir_of(tmp_path, "limited")
+    assert not ckpt.step_checkpoints(run_dir) and not [p for p in (run_dir / "checkpoints").iterdir()]

@@ -26,7 +26,7 @@ def test_every_phase_reports_progress_and_the_live_line_shows_the_algorithms_met
     assert any(b.startswith("RL step 2: reward") and "mean_field" in b for b in bars)
     assert all(t.finished for t in progress.rich.tasks)
     log = out.getvalue()  # not a terminal: one line per finished phase and per logged step
-    for phase in ("base model evaluation (test): done", "validation at step 2: done", "RL training: done in",
+    for phase in ("pretraining tiny base model on sudoku: done", "base model evaluation (test): done", "validation at step 2: done", "RL training: done in",
                   "final evaluation (test): done"):
         assert phase in log, log
     step_line = next(line for line in log.splitlines() if line.startswith("step 1/2"))

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -54,7 +55,11 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
     if progress is not None:
         bar = progress.add_task(f"pretraining tiny base model on {run.task.name}", total=p.steps)
         on_step = lambda step, loss: progress.update(bar, advance=1, description=f"pretraining tiny on {run.task.name} (loss {loss:.3f})")
-    pretrain(make_adapter(model, tokenizer), task, p, gen_length, on_step=on_step)
+    started = time.perf_counter()
+    losses = pretrain(make_adapter(model, tokenizer), task, p, gen_length, on_step=on_step)
+    if progress is not None and not progress.console.is_terminal:  # logs get a line, as for the other phases
+        progress.console.print(f"pretraining tiny base model on {run.task.name}: done in {time.perf_counter() - started:.0f}s "
+                               f"(loss {losses[-1]:.3f})", markup=False, highlight=False)
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -57,7 +57,8 @@ def _progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+                    TimeRemainingColumn(), console=console, transient=False,
+                    disable=not console.is_terminal)  # logs get plain lines instead (dllm_rl.progress)
 
 
 def _execute(run, train: bool, final_eval: bool, resume: bool = False):

@@ -54,7 +54,8 @@ class RunProgress:
 
             console = console or Console(stderr=True)
             rich = self._own = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+                                        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                                        disable=not console.is_terminal)
         self.rich = rich if enabled else None
         self.console = None if self.rich is None else self.rich.console
         self.live = self.console is not None and self.console.is_terminal

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -133,7 +134,7 @@ def clean_leftovers(folder: str | Path) -> list[Path]:
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-WRITE_FAILURES = ("os error", "i/o error", "file write failed", "unexpected pos", "no space left", "file too large",
+WRITE_FAILURES = ("i/o error", "file write failed", "unexpected pos", "no space left", "file too large",
                   "disk quota")
 """How writers that do not raise OSError (safetensors, torch.save's zip writer) say a write failed."""
 
@@ -148,11 +149,14 @@ def write_failure(exc: BaseException, path: Path) -> str | None:
     if not isinstance(exc, Exception):
         return None
     text = str(exc).lower()
+    code = re.search(r"\(os error (\d+)\)", text)  # Rust's io::Error (safetensors) carries the errno
+    if code:
+        return write_failure(OSError(int(code.group(1)), os.strerror(int(code.group(1)))), path)
     if not any(w in text for w in WRITE_FAILURES):
         return None
-    if "os error 28" in text or "no space left" in text or _free_bytes(path) < 2**26:
+    if "no space left" in text or _free_bytes(path) < 2**26:  # no errno given (torch's zip writer): best guess
         return "no space left on the device"
-    if "os error 27" in text or "file too large" in text or _file_size_limited():
+    if "file too large" in text or _file_size_limited():
         return "file too large: the disk or a file-size limit is full"
     detail = str(exc).strip().splitlines()[0].split("]")[-1].strip(" .")[:120]  # torch: "[enforce fail at ...] . why"
     return f"the write failed: {detail}"

@@ -44,13 +44,14 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code=False, adapter=None):
+def _resolve(algo, task, model, seed, recipe, sets, results_dir, run_dir, trust_remote_code=False, adapter=None,
+             training=True):
     from .pipeline import resolve_config
 
     sets = tuple(sets) + tuple(f"output.{k}={v}" for k, v in (("results_dir", results_dir), ("run_dir", run_dir)) if v)
     sets += ("model.trust_remote_code=true",) if trust_remote_code else ()
     sets += (f"model.adapter={adapter}",) if adapter else ()
-    return resolve_config(algo, task, model, recipe, sets, seed)
+    return resolve_config(algo, task, model, recipe, sets, seed, training=training)
 
 
 def _progress():
@@ -58,7 +59,7 @@ def _progress():
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, transient=False,
-                    disable=not console.is_terminal)  # logs get plain lines instead (dllm_rl.progress)
+                    disable=not (console.is_terminal or console.is_jupyter))  # logs get plain lines instead (dllm_rl.progress)
 
 
 def _execute(run, train: bool, final_eval: bool, resume: bool = False):
@@ -158,7 +159,7 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
     _quiet_libraries()
     if checkpoint and (Path(checkpoint) / "adapter_config.json").is_file():  # a LoRA run's output
         adapter_path, checkpoint = adapter_path or checkpoint, None
-    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None, trust_remote_code, adapter_path)
+    run_cfg = _resolve(None, task, model, None, recipe, sets, None, None, trust_remote_code, adapter_path, training=False)
     task_obj = build_task(run_cfg)
     lm_eval = None
     if lm_eval_tasks is not None:
@@ -177,7 +178,7 @@ def evaluate(task, model, checkpoint, adapter_path, trust_remote_code, split, le
         from .pipeline import check_against_task
 
         run_cfg.eval.lengths = lens
-        check_against_task(run_cfg, task_obj)
+        check_against_task(run_cfg, task_obj, training=False)
     split = split or run_cfg.eval.split
     if split not in task_obj.splits:
         raise UsageError(f"unknown split {split!r} for task {run_cfg.task.name!r}; valid: {', '.join(task_obj.splits)}")
@@ -230,7 +231,7 @@ def merge(model, adapter, out, sets):
     from .atomic import atomic_write_dir
 
     _quiet_libraries()
-    run_cfg = _resolve(None, None, model, None, None, sets, None, None, False, adapter)
+    run_cfg = _resolve(None, None, model, None, None, sets, None, None, False, adapter, training=False)
     run_cfg.model.gradient_checkpointing = False
     adapter_obj = load_model(run_cfg, build_task(run_cfg))
     merged = merge_lora(adapter_obj.model)

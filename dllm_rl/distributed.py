@@ -214,10 +214,12 @@ def exit_launched(code: int, report) -> None:
         sys.stderr.flush()
         sys.stdout.flush()
         if launcher is not None:
-            for pid in _children(launcher):
-                if pid != os.getpid():
+            siblings = [pid for pid in _children(launcher) if pid != os.getpid()]
+            for pid in [launcher, *siblings]:  # the launcher first: it cannot react to a sibling's end
+                try:
                     os.kill(pid, signal.SIGKILL)
-            os.kill(launcher, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         lock.unlink(missing_ok=True)
     elif launcher is not None:
         time.sleep(30)  # the first process ends this one; a fallback exit if it cannot
@@ -235,7 +237,8 @@ def launched() -> bool:
 
 def checked_on_main(state, check: Callable[[], Any]) -> None:
     """Run ``check`` (a check or a write) on the main process only, and raise its UsageError on every
-    process: no process is left waiting at a barrier for one that failed."""
+    process, so that no process waits at a barrier for one that stopped with bad input (any other
+    exception still ends only the main process; the launcher then ends the others)."""
     problem = None
     if state.is_main_process:
         try:

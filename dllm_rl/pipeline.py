@@ -23,8 +23,10 @@ from .task import Task
 
 
 def resolve_config(algo: str | None = None, task: str | None = None, model: str | None = None,
-                   recipe: str | None = None, sets: tuple[str, ...] = (), seed: int | None = None) -> RunConfig:
-    """Defaults < registry presets < recipe < command-line names and seed < ``--set``."""
+                   recipe: str | None = None, sets: tuple[str, ...] = (), seed: int | None = None,
+                   training: bool = True) -> RunConfig:
+    """Defaults < registry presets < recipe < command-line names and seed < ``--set``; ``training``
+    False (evaluation only) skips the checks of settings only training uses."""
     recipe_data = load_yaml(recipe) if recipe else {}
     for section in ("algorithm", "task"):
         if isinstance(recipe_data.get(section), str):
@@ -56,7 +58,7 @@ def resolve_config(algo: str | None = None, task: str | None = None, model: str 
         set_path(data, key, value)
     run = from_dict(RunConfig, data)
     task_obj, _ = build_task(run), build_algorithm(run)  # validate plugin params now, not after pretraining
-    check_against_task(run, task_obj)
+    check_against_task(run, task_obj, training, model_entry.info.get("prompt_style"))
     if user_data:  # named by content (data:NAME@HASH): results files, compare columns, the tiny model's cache
         run.task.params = {"path": task_obj.source, **run.task.params}
         run.task.name = task_obj.name
@@ -71,33 +73,39 @@ def require_train_examples(task: Task, name: str) -> None:
         raise UsageError(f"task {name!r} has no training examples" + (f" ({hint})" if hint else ""))
 
 
-def check_against_task(run: RunConfig, task: Task) -> None:
+def check_against_task(run: RunConfig, task: Task, training: bool = True, family_style: str | None = None) -> None:
     """Settings that only the task can judge, checked before any work: the splits named exist, and
     at the generation lengths (eval.lengths and rollout.gen_length, else the task's protocol for a
-    prompt style) the decoding has at least one step per block (evaluation: L/2 greedy steps)."""
+    prompt style) the decoding has at least one step per block (evaluation: L/2 greedy steps). The
+    prompt style is the run's, else the family's, else either (the model tells once it loads)."""
     e, r = run.eval, run.rollout
-    for key, split in (("eval.split", e.split), ("eval.val_split", e.val_split if e.every else None)):
+    for key, split in (("eval.split", e.split), ("eval.val_split", e.val_split if e.every and training else None)):
         if split is not None and split not in task.splits:
             raise UsageError(f"{key} {split!r} is not a split of task {run.task.name!r}; valid: {', '.join(task.splits)}")
     problems = []
-    for style in ("direct", "chat"):  # the model's prompt style is known only once it loads: fail if every style fails
+    known = run.model.prompt_style or family_style
+    for style in [known] if known else ["direct", "chat"]:  # unknown until the model loads: fail if every style fails
         try:
             lengths = list(task.protocol(style).lengths)
         except Exception:  # a task may support one style only
             continue
-        problems.append(_decoding_problem(run, e.lengths or lengths, r.gen_length or lengths[0]))
+        problems.append(_decoding_problem(run, e.lengths or lengths, r.gen_length or lengths[0] if training else None))
     if problems and all(problems):
         raise UsageError(problems[0])
 
 
-def _decoding_problem(run: RunConfig, eval_lengths: list[int], rollout_length: int) -> str | None:
-    """Why evaluation (L/2 greedy steps) or rollouts cannot decode these lengths in the run's blocks."""
+def _decoding_problem(run: RunConfig, eval_lengths: list[int], rollout_length: int | None) -> str | None:
+    """Why evaluation (L/2 greedy steps) or rollouts (at ``rollout_length``; None: no rollouts) cannot
+    decode these lengths in the run's blocks."""
     r = run.rollout
     for length in eval_lengths:
         blocks = -(-length // r.block_length)
         if max(1, length // 2) < blocks:
+            least = -(-length // max(1, length // 2))
             return (f"rollout.block_length={r.block_length} is too short to evaluate at L={length}: its L/2 = "
-                    f"{length // 2} greedy steps cannot cover {blocks} blocks; use blocks of at least 2 tokens")
+                    f"{length // 2} greedy steps cannot cover {blocks} blocks; use blocks of at least {least} tokens")
+    if rollout_length is None:
+        return None
     steps, blocks = r.steps or max(1, rollout_length // 2), -(-rollout_length // r.block_length)
     if (r.threshold is None or r.steps is not None) and steps < blocks:
         return (f"rollout: {steps} denoising steps cannot cover the {blocks} blocks of gen_length {rollout_length} / "
@@ -195,7 +203,7 @@ def _run(run: RunConfig, procs, run_dir: Path, path: Path, progress, on_step, tr
     gen_length = gen_length_of(run, task, style)
     protocol = task.protocol(style)
     lengths = run.eval.lengths or list(protocol.lengths)
-    problem = _decoding_problem(run, lengths, gen_length)  # now for the model's own prompt style
+    problem = _decoding_problem(run, lengths, gen_length if train else None)  # now for the model's own prompt style
     if problem:
         raise UsageError(problem)
     timing["model_s"] = round(time.perf_counter() - t0, 2)

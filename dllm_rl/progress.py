@@ -55,10 +55,10 @@ class RunProgress:
             console = console or Console(stderr=True)
             rich = self._own = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                         TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                                        disable=not console.is_terminal)
+                                        disable=not (console.is_terminal or console.is_jupyter))
         self.rich = rich if enabled else None
         self.console = None if self.rich is None else self.rich.console
-        self.live = self.console is not None and self.console.is_terminal
+        self.live = self.console is not None and (self.console.is_terminal or self.console.is_jupyter)
 
     def __enter__(self) -> "RunProgress":
         if self._own is not None:

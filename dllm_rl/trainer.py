@@ -347,8 +347,9 @@ class Trainer:
             with self.checkpoints.reporting_write_errors(self.run_dir / "metrics.jsonl"):
                 metrics_log = StepLog(self.run_dir / "metrics.jsonl", resumed)
             if self.run.output.completions != "none":
-                with self.checkpoints.reporting_write_errors(self.run_dir / "completions"):
-                    completions_log = StepLog(self.run_dir / f"completions.{self.run.output.completions}", resumed)
+                path = self.run_dir / f"completions.{self.run.output.completions}"
+                with self.checkpoints.reporting_write_errors(path):
+                    completions_log = StepLog(path, resumed)
         bar = None
         if self.progress is not None:
             bar = self.progress.bar("RL training", self.run.optim.max_steps)

@@ -45,6 +45,9 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
     path = cache_root() / "tiny" / f"{run.task.name}-{digest}"
     if (path / "config.json").is_file():
         return path
+    from ..pipeline import require_train_examples
+
+    require_train_examples(task, run.task.name)  # the base model pretrains on them
     p = run.pretrain
     config = TinyDLMConfig(hidden_size=p.hidden_size, num_layers=p.num_layers, num_heads=p.num_heads,
                            intermediate_size=p.intermediate_size)
@@ -57,7 +60,7 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
         on_step = lambda step, loss: progress.update(bar, advance=1, description=f"pretraining tiny on {run.task.name} (loss {loss:.3f})")
     started = time.perf_counter()
     losses = pretrain(make_adapter(model, tokenizer), task, p, gen_length, on_step=on_step)
-    if progress is not None and not progress.console.is_terminal:  # logs get a line, as for the other phases
+    if progress is not None and not (progress.console.is_terminal or progress.console.is_jupyter):  # logs: a line
         progress.console.print(f"pretraining tiny base model on {run.task.name}: done in {time.perf_counter() - started:.0f}s "
                                f"(loss {losses[-1]:.3f})", markup=False, highlight=False)
     def write(tmp: Path) -> None:
@@ -70,9 +73,7 @@ def base_checkpoint(run: RunConfig, task: Task, gen_length: int, progress=None) 
 
 def prepare(run: RunConfig, task: Task, progress=None) -> Path:
     """The family's cache hook (``dllm-rl sweep`` calls it before parallel workers): the base checkpoint."""
-    from ..pipeline import gen_length_of, require_train_examples
-
-    require_train_examples(task, run.task.name)  # the base model pretrains on them
+    from ..pipeline import gen_length_of
 
     return base_checkpoint(run, task, gen_length_of(run, task, "direct"), progress)
 

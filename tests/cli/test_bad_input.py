@@ -238,15 +238,47 @@ def test_replacing_a_cached_folder_never_hides_it_from_a_reader(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["model"]  # no temporary folders left
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
-                    reason="accelerate's launcher is not installed")
-def test_bad_input_under_accelerate_launch_is_one_line(tmp_path):
-    launcher = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dllm_rl.cli", "run",
-                           "--set", "optim.lr=fast"], capture_output=True, text=True, timeout=240, cwd=tmp_path,
-                          env={**os.environ, "DLLM_RL_CACHE": str(tmp_path / "cache")})
+LAUNCHER = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+
+
+@pytest.mark.skipif(not Path(LAUNCHER).exists(), reason="accelerate's launcher is not installed")
+@pytest.mark.parametrize("case", ["every process", "main process only"])
+def test_bad_input_under_accelerate_launch_is_one_line(tmp_path, case):
+    """Two processes over gloo. A bad --set fails on both; a results file that is a folder fails the
+    main process's output check only, which every process then raises: either way one line, a
+    non-zero exit, and no process left behind (none waits at a barrier)."""
+    import time
+
+    if case == "every process":
+        args, needle = ["--set", "optim.lr=fast"], "optim.lr: expected float"
+    else:
+        (tmp_path / "r" / f"{RUN}.json").mkdir(parents=True)
+        args, needle = ["--results-dir", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs")], "is a folder"
+    started = time.time()
+    proc = subprocess.run([LAUNCHER, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dllm_rl.cli", "run", *TINY, *args],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env={**os.environ, "DLLM_RL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert text.count("optim.lr: expected float") == 1, text
+    assert text.count(needle) == 1 and text.count("error:") == 1, text
     assert "Traceback" not in text and "ChildFailedError" not in text
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"dllm_rl.cli run .*{tmp_path}" if case != "every process" else "optim.lr=fast"],
+                          capture_output=True, text=True).stdout.split()
+    assert not left, f"processes left behind: {left} ({time.time() - started:.0f} s)"
+
+
+def test_settings_only_training_uses_are_not_checked_for_evaluation(run_main, tmp_path):
+    """A training recipe's validation split or rollout steps do not stop `evaluate` on a test-only task,
+    while `run` with the same settings is refused before any model loads; a family's known prompt
+    style is what the checks use (LLaDA: chat, whose L=256 needs more than 4 steps)."""
+    from dllm_rl.errors import UsageError
+    from dllm_rl.pipeline import resolve_config
+
+    with pytest.raises(UsageError, match="eval.val_split 'validation' is not a split of task 'humaneval'"):
+        resolve_config("espo", "humaneval", "llada", "llada-8b-espo-countdown")
+    resolve_config(None, "humaneval", "llada", "llada-8b-espo-countdown", training=False)
+    with pytest.raises(UsageError, match="4 denoising steps cannot cover the 8 blocks of gen_length 256"):
+        resolve_config("espo", "sudoku", "llada", sets=("rollout.steps=4",))
+    resolve_config("espo", "sudoku", "tiny", sets=("rollout.steps=4",))  # direct style, L=24: one block

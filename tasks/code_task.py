@@ -22,6 +22,19 @@ from .code_extract import PYTHON_TAGS, fenced_blocks, normalize, parses
 CACHE_SIZE = 4096
 
 
+def checked_sandbox(workers: int | None, allow_weak_isolation: bool) -> Sandbox:
+    """A sandbox whose isolation is checked now: a host that cannot contain programs (or a root caller
+    the sandbox refuses) is one line naming the task option, before any program runs."""
+    sandbox = Sandbox(workers=workers or None, allow_weak_isolation=allow_weak_isolation)
+    try:
+        sandbox.isolation
+    except WeakIsolation as exc:
+        raise UsageError(f"{exc} (task option: --set task.allow_weak_isolation=true)") from None
+    except RootRefused as exc:
+        raise UsageError(str(exc)) from None
+    return sandbox
+
+
 @dataclass
 class CodeTaskConfig(TaskConfig):
     """Data location, sandbox limits and reward weights shared by all code tasks."""
@@ -82,15 +95,7 @@ class CodeTask(Task):
     @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            c = self.config
-            sandbox = Sandbox(workers=c.workers or None, allow_weak_isolation=c.allow_weak_isolation)
-            try:
-                sandbox.isolation
-            except WeakIsolation as exc:
-                raise UsageError(f"{exc} (task option: --set task.allow_weak_isolation=true)") from None
-            except RootRefused as exc:
-                raise UsageError(str(exc)) from None
-            self._sandbox = sandbox
+            self._sandbox = checked_sandbox(self.config.workers, self.config.allow_weak_isolation)
         return self._sandbox
 
     def test_results(self, examples: list[Example], programs: list[str | None]) -> list[list[bool] | None]:

@@ -135,16 +135,9 @@ class CodeReward:
     def sandbox(self) -> Sandbox:
         """The sandbox, its isolation checked (a host that cannot contain programs is one line)."""
         if self._sandbox is None:
-            from dllm_rl.sandbox import RootRefused, Sandbox, WeakIsolation
+            from .code_task import checked_sandbox
 
-            sandbox = Sandbox(workers=self.config.workers or None, allow_weak_isolation=self.config.allow_weak_isolation)
-            try:
-                sandbox.isolation
-            except WeakIsolation as exc:
-                raise UsageError(f"{exc} (task option: --set task.allow_weak_isolation=true)") from None
-            except RootRefused as exc:
-                raise UsageError(str(exc)) from None
-            self._sandbox = sandbox
+            self._sandbox = checked_sandbox(self.config.workers, self.config.allow_weak_isolation)
         return self._sandbox
 
     def __call__(self, examples: list[Example], completions: list[str], style: str) -> list[float]:

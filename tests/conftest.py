@@ -42,3 +42,22 @@ def _profiled(fn) -> tuple[object, int, int]:
 def memory():
     """Peak CPU memory of a call, from the profiler's allocation events (memory bounds as tests)."""
     return SimpleNamespace(profiled=_profiled)
+
+
+def _install_dist(root, dist, entry_points, modules=None):
+    """What an installed distribution leaves on its path entry: metadata with entry points
+    (``{"tasks": {name: "module:attr"}}``), and the given modules' source files."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[dllm_rl.{kind}]\n" + "".join(f"{name} = {target}\n" for name, target in names.items())
+        for kind, names in entry_points.items()))
+    for name, text in (modules or {}).items():
+        (root / name).write_text(text)
+
+
+@pytest.fixture
+def install_dist():
+    """``install_dist(root, dist, entry_points, modules=None)``: a fake installed plugin package under root."""
+    return _install_dist

@@ -112,22 +112,10 @@ load.presets = [{"match": {"task": "sudoku"}, "set": {"model.lora": True}}]
 '''
 
 
-def install(root, dist, entry_points, modules=None):
-    """What an installed distribution leaves on its path entry: metadata with entry points, and modules."""
-    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[dllm_rl.{kind}]\n" + "".join(f"{name} = {target}\n" for name, target in names.items())
-        for kind, names in entry_points.items()))
-    for name, text in (modules or {}).items():
-        (root / name).write_text(text)
-
-
 @pytest.fixture
-def plugins(tmp_path, monkeypatch):
+def plugins(tmp_path, monkeypatch, install_dist):
     """A package ``registry-test-plugin`` with tasks mine, described, bad and broken, and a model family mine."""
-    install(tmp_path, "registry-test-plugin",
+    install_dist(tmp_path, "registry-test-plugin",
             {"tasks": {"mine": "registry_test_plugin:Mine", "described": "registry_test_plugin:Described",
                        "bad": "registry_test_plugin:Bad", "broken": "registry_test_plugin:Missing"},
              "models": {"mine": "registry_test_plugin:load"}},
@@ -164,10 +152,10 @@ def test_malformed_plugin_presets_are_one_line_naming_the_plugin(plugins):
         registry.presets("tiny", "bad", "espo")
 
 
-def test_a_name_defined_twice_is_an_error_naming_the_package(tmp_path, monkeypatch):
-    install(tmp_path / "a", "first-plugin", {"tasks": {"twice": "first:T"}, "algorithms": {"espo": "first:ESPO"}})
-    install(tmp_path / "b", "second-plugin", {"tasks": {"twice": "second:T"}})
-    install(tmp_path / "c", "first-plugin-again", {"tasks": {"twice": "first:T"}})  # the same target: no clash
+def test_a_name_defined_twice_is_an_error_naming_the_package(tmp_path, monkeypatch, install_dist):
+    install_dist(tmp_path / "a", "first-plugin", {"tasks": {"twice": "first:T"}, "algorithms": {"espo": "first:ESPO"}})
+    install_dist(tmp_path / "b", "second-plugin", {"tasks": {"twice": "second:T"}})
+    install_dist(tmp_path / "c", "first-plugin-again", {"tasks": {"twice": "first:T"}})  # the same target: no clash
     for sub in "abc":
         monkeypatch.syspath_prepend(str(tmp_path / sub))
     with pytest.raises(UsageError) as err:

@@ -66,19 +66,9 @@ def test_unknown_plugin_name_is_one_line_exit_2(plugin_env, tmp_path):
     assert "Did you mean 'reverse'" in out.stderr and "Traceback" not in out.stderr
 
 
-def install(root, dist, entry_points):
-    """The metadata an installed distribution leaves on its path entry: its name and entry points."""
-    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[dllm_rl.{kind}]\n" + "".join(f"{name} = {target}\n" for name, target in names.items())
-        for kind, names in entry_points.items()))
-
-
 def test_an_entry_point_reusing_a_builtin_name_is_a_warning_in_list_and_an_error_when_used(run_main, tmp_path,
-                                                                                           monkeypatch):
-    install(tmp_path, "clashing-plugin", {"tasks": {"sudoku": "clashing_plugin:Sudoku"}})
+                                                                                           monkeypatch, install_dist):
+    install_dist(tmp_path, "clashing-plugin", {"tasks": {"sudoku": "clashing_plugin:Sudoku"}})
     monkeypatch.syspath_prepend(str(tmp_path))
     code, out, err = run_main(["list"])
     assert code == 0 and "sudoku" in out
